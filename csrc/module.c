@@ -86,8 +86,8 @@ static PyArrayObject *as_bits(PyObject *obj, int bits_type, int ndim, const char
         Py_DECREF(in);
         return NULL;
     }
-    PyArray_Descr *d = PyArray_DescrFromType(bits_type);
-    PyArrayObject *out = (PyArrayObject *)PyArray_FromArray(in, d, NPY_ARRAY_IN_ARRAY);
+    /* contiguous in its own dtype first (a cast int32 -> uint32 is refused as unsafe), then a view */
+    PyArrayObject *out = (PyArrayObject *)PyArray_FromArray(in, NULL, NPY_ARRAY_IN_ARRAY);
     Py_DECREF(in);
     if (out && PyArray_TYPE(out) != bits_type) { /* same size, different type: view the bits */
         PyArrayObject *v = (PyArrayObject *)PyArray_View(out, PyArray_DescrFromType(bits_type), NULL);
@@ -178,12 +178,197 @@ done:
     return res;
 }
 
+/* ---------------------------------------------------------------- W4A16 (w4a16.h) */
+
+/* isa keyword of the matmul bindings: None -> the best family this CPU has (what callers want);
+ * "avx512" / "avx2" / "generic" pin one family (how the tests cover them all). 0 or -1 + error. */
+static int parse_isa(const char *name, awq_isa *isa) {
+    if (!name) {
+        *isa = awq_cpu_isa();
+        return 0;
+    }
+    if (!strcmp(name, "avx512")) *isa = AWQ_ISA_AVX512;
+    else if (!strcmp(name, "avx2")) *isa = AWQ_ISA_AVX2;
+    else if (!strcmp(name, "generic")) *isa = AWQ_ISA_GENERIC;
+    else {
+        PyErr_Format(PyExc_ValueError, "isa: expected None, 'avx512', 'avx2' or 'generic', got '%s'",
+                     name);
+        return -1;
+    }
+    return 0;
+}
+
+/* Shared body of w4a16_matmul / w4a16_matmul_ref: converts and checks the AutoAWQ tensors, runs
+ * the core with the GIL released, returns y[M, N] or NULL with an exception. */
+static PyObject *w4a16_call(const char *who, PyObject *xo, PyObject *qo, PyObject *zo,
+                            PyObject *so, PyObject *bo, long long g, const char *isa_name,
+                            int ref) {
+    PyObject *res = NULL;
+    PyArrayObject *x = NULL, *qw = NULL, *qz = NULL, *sc = NULL, *bias = NULL, *out = NULL;
+    awq_err err = {{0}};
+    awq_isa isa;
+    int ok = 1, st;
+    if (parse_isa(isa_name, &isa) < 0) return NULL;
+    if (!(x = as_array(xo, NPY_FLOAT32, 2, "x"))) goto done;
+    if (!(qw = as_bits(qo, NPY_UINT32, 2, "qweight"))) goto done;
+    if (!(qz = as_bits(zo, NPY_UINT32, 2, "qzeros"))) goto done;
+    if (!(sc = as_bits(so, NPY_UINT16, 2, "scales"))) goto done;
+    bias = as_optional(bo, NPY_FLOAT32, 1, "bias", &ok);
+    if (!ok) goto done;
+    const int64_t M = DIM(x, 0), K = DIM(x, 1), W = DIM(qw, 1), N = 8 * W;
+    if (DIM(qw, 0) != K) {
+        PyErr_Format(PyExc_ValueError, "%s: qweight has %lld rows but x has K=%lld columns", who,
+                     (long long)DIM(qw, 0), (long long)K);
+        goto done;
+    }
+    if (g <= 0 || K % g) {
+        PyErr_Format(PyExc_ValueError, "%s: group_size %lld does not divide K=%lld", who, g,
+                     (long long)K);
+        goto done;
+    }
+    const int64_t G = K / g;
+    if (DIM(qz, 0) != G || DIM(qz, 1) != W) {
+        PyErr_Format(PyExc_ValueError, "%s: qzeros has shape (%lld, %lld), expected (%lld, %lld)",
+                     who, (long long)DIM(qz, 0), (long long)DIM(qz, 1), (long long)G, (long long)W);
+        goto done;
+    }
+    if (DIM(sc, 0) != G || DIM(sc, 1) != N) {
+        PyErr_Format(PyExc_ValueError, "%s: scales has shape (%lld, %lld), expected (%lld, %lld)",
+                     who, (long long)DIM(sc, 0), (long long)DIM(sc, 1), (long long)G, (long long)N);
+        goto done;
+    }
+    if (bias && DIM(bias, 0) != N) {
+        PyErr_Format(PyExc_ValueError, "%s: bias has %lld entries, expected N=%lld", who,
+                     (long long)DIM(bias, 0), (long long)N);
+        goto done;
+    }
+    npy_intp dims[2] = {(npy_intp)M, (npy_intp)N};
+    if (!(out = NEW_F32(2, dims))) goto done;
+    {
+        const float *xp = F32(x), *bp = bias ? F32(bias) : NULL;
+        const uint32_t *qp = PyArray_DATA(qw), *zp = PyArray_DATA(qz);
+        const uint16_t *sp = PyArray_DATA(sc);
+        float *yp = F32(out);
+        Py_BEGIN_ALLOW_THREADS
+        st = ref ? awq_w4a16_matmul_ref(xp, qp, zp, sp, bp, yp, M, K, N, g, &err)
+                 : awq_w4a16_matmul_isa(xp, qp, zp, sp, bp, yp, M, K, N, g, isa, &err);
+        Py_END_ALLOW_THREADS
+    }
+    if (st) {
+        raise_status(st, &err);
+        goto done;
+    }
+    res = (PyObject *)out;
+    out = NULL;
+done:
+    Py_XDECREF(x);
+    Py_XDECREF(qw);
+    Py_XDECREF(qz);
+    Py_XDECREF(sc);
+    Py_XDECREF(bias);
+    Py_XDECREF(out);
+    return res;
+}
+
+PyDoc_STRVAR(w4a16_matmul_doc,
+             "w4a16_matmul(x[M,K] f32, qweight[K,N/8] int32, qzeros[G,N/8] int32, scales[G,N] f16,\n"
+             "             bias[N] f32 or None, group_size, *, isa=None) -> [M,N] f32\n"
+             "x @ W + bias on the AutoAWQ GEMM layout, W[k,n] = (q[k,n] - z[k//g,n]) * s[k//g,n],\n"
+             "fp32 accumulation. isa (None = best for this CPU, or 'avx512'/'avx2'/'generic') pins a\n"
+             "kernel family.");
+static PyObject *py_w4a16_matmul(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"x", "qweight", "qzeros", "scales", "bias", "group_size", "isa", NULL};
+    PyObject *xo, *qo, *zo, *so, *bo;
+    long long g;
+    const char *isa = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOL|$z:w4a16_matmul", kwlist, &xo, &qo, &zo,
+                                     &so, &bo, &g, &isa))
+        return NULL;
+    return w4a16_call("w4a16_matmul", xo, qo, zo, so, bo, g, isa, 0);
+}
+
+PyDoc_STRVAR(w4a16_matmul_ref_doc,
+             "w4a16_matmul_ref(x, qweight, qzeros, scales, bias, group_size) -> [M,N] f32\n"
+             "Scalar reference of w4a16_matmul (double accumulation), same arguments.");
+static PyObject *py_w4a16_matmul_ref(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"x", "qweight", "qzeros", "scales", "bias", "group_size", NULL};
+    PyObject *xo, *qo, *zo, *so, *bo;
+    long long g;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOL:w4a16_matmul_ref", kwlist, &xo, &qo, &zo,
+                                     &so, &bo, &g))
+        return NULL;
+    return w4a16_call("w4a16_matmul_ref", xo, qo, zo, so, bo, g, NULL, 1);
+}
+
+PyDoc_STRVAR(f16_matmul_doc,
+             "f16_matmul(x[M,K] f32, w[N,K] f16, bias[N] f32 or None, *, isa=None) -> [M,N] f32\n"
+             "x @ w.T + bias with fp16 weights (tied embedding as lm_head, unquantized linears).");
+static PyObject *py_f16_matmul(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"x", "w", "bias", "isa", NULL};
+    PyObject *xo, *wo, *bo, *res = NULL;
+    PyArrayObject *x = NULL, *w = NULL, *bias = NULL, *out = NULL;
+    const char *isa_name = NULL;
+    awq_err err = {{0}};
+    awq_isa isa;
+    int ok = 1, st;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|$z:f16_matmul", kwlist, &xo, &wo, &bo,
+                                     &isa_name))
+        return NULL;
+    if (parse_isa(isa_name, &isa) < 0) return NULL;
+    if (!(x = as_array(xo, NPY_FLOAT32, 2, "x"))) goto done;
+    if (!(w = as_bits(wo, NPY_UINT16, 2, "w"))) goto done;
+    bias = as_optional(bo, NPY_FLOAT32, 1, "bias", &ok);
+    if (!ok) goto done;
+    const int64_t M = DIM(x, 0), K = DIM(x, 1), N = DIM(w, 0);
+    if (DIM(w, 1) != K) {
+        PyErr_Format(PyExc_ValueError, "f16_matmul: w has %lld columns but x has K=%lld",
+                     (long long)DIM(w, 1), (long long)K);
+        goto done;
+    }
+    if (bias && DIM(bias, 0) != N) {
+        PyErr_Format(PyExc_ValueError, "f16_matmul: bias has %lld entries, expected N=%lld",
+                     (long long)DIM(bias, 0), (long long)N);
+        goto done;
+    }
+    npy_intp dims[2] = {(npy_intp)M, (npy_intp)N};
+    if (!(out = NEW_F32(2, dims))) goto done;
+    {
+        const float *xp = F32(x), *bp = bias ? F32(bias) : NULL;
+        const uint16_t *wp = PyArray_DATA(w);
+        float *yp = F32(out);
+        Py_BEGIN_ALLOW_THREADS
+        st = awq_f16_matmul_isa(xp, wp, bp, yp, M, K, N, isa, &err);
+        Py_END_ALLOW_THREADS
+    }
+    if (st) {
+        raise_status(st, &err);
+        goto done;
+    }
+    res = (PyObject *)out;
+    out = NULL;
+done:
+    Py_XDECREF(x);
+    Py_XDECREF(w);
+    Py_XDECREF(bias);
+    Py_XDECREF(out);
+    return res;
+}
+
 /* ---------------------------------------------------------------- module */
 
 static PyMethodDef methods[] = {
     {"cpu_info", py_cpu_info, METH_NOARGS, cpu_info_doc},
     {"cuda_info", py_cuda_info, METH_NOARGS, cuda_info_doc},
     {"abs_mean", py_abs_mean, METH_VARARGS, abs_mean_doc},
+    {"w4a16_matmul", (PyCFunction)(void (*)(void))py_w4a16_matmul, METH_VARARGS | METH_KEYWORDS,
+     w4a16_matmul_doc},
+    {"w4a16_matmul_ref", (PyCFunction)(void (*)(void))py_w4a16_matmul_ref,
+     METH_VARARGS | METH_KEYWORDS, w4a16_matmul_ref_doc},
+    {"f16_matmul", (PyCFunction)(void (*)(void))py_f16_matmul, METH_VARARGS | METH_KEYWORDS,
+     f16_matmul_doc},
     /* AWQ_METHODS_END (keep: new entries go above this line) */
     {NULL, NULL, 0, NULL},
 };

@@ -11,6 +11,15 @@
 int awq_linear_f32(const float *x, const float *w, const float *bias, float *y,
                    int64_t M, int64_t K, int64_t N, awq_err *err);
 
+/* C[M, N] (row stride ldc) = A[M, K] (row stride lda) @ op(B), overwriting C; op(B) = B[K, N] (row
+ * stride ldb) when b_trans = 0, B[N, K]^T (row stride ldb) when b_trans = 1. For callers that tile
+ * the output themselves (w4a16.c): OpenBLAS runs it on one thread when called inside an OpenMP
+ * parallel region; the builtin fallback is single threaded. */
+int awq_sgemm_f32(int b_trans, const float *A, int64_t lda, const float *B, int64_t ldb, float *C,
+                  int64_t ldc, int64_t M, int64_t N, int64_t K, awq_err *err);
+int awq_sgemm_f32_builtin(int b_trans, const float *A, int64_t lda, const float *B, int64_t ldb,
+                          float *C, int64_t ldc, int64_t M, int64_t N, int64_t K, awq_err *err);
+
 /* y[M,D] = x / rms(x) * (w + unit_offset), rms over D in fp32 with eps inside the sqrt. */
 int awq_rmsnorm_f32(const float *x, const float *w, float *y, int64_t M, int64_t D, float eps,
                     float unit_offset, awq_err *err);

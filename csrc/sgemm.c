@@ -102,3 +102,66 @@ int awq_linear_f32_builtin(const float *x, const float *w, float *y, int64_t M, 
                            int64_t N, awq_err *err) {
     return gemm_nt_builtin(x, w, y, M, K, N, err);
 }
+
+/* ---------------------------------------------------------------- strided GEMM for tiled callers */
+
+/* Portable fallback of awq_sgemm_f32, single threaded: k blocked so a block of op(B) stays in
+ * cache while every row of A passes over it. */
+#define SGEMM_KB 256
+AWQ_CLONES
+static void sgemm_strided_builtin(int b_trans, const float *A, int64_t lda, const float *B,
+                                  int64_t ldb, float *C, int64_t ldc, int64_t M, int64_t N,
+                                  int64_t K) {
+    if (b_trans) { /* C[m, n] = dot(A[m, :], B[n, :]) */
+        for (int64_t m = 0; m < M; m++)
+            for (int64_t n = 0; n < N; n++) {
+                const float *a = A + m * lda, *b = B + n * ldb;
+                float s = 0.0f;
+                for (int64_t k = 0; k < K; k++) s += a[k] * b[k];
+                C[m * ldc + n] = s;
+            }
+        return;
+    }
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t n = 0; n < N; n++) C[m * ldc + n] = 0.0f;
+    for (int64_t k0 = 0; k0 < K; k0 += SGEMM_KB) {
+        const int64_t k1 = K - k0 < SGEMM_KB ? K : k0 + SGEMM_KB;
+        for (int64_t m = 0; m < M; m++) {
+            float *c = C + m * ldc;
+            for (int64_t k = k0; k < k1; k++) {
+                const float a = A[m * lda + k];
+                const float *b = B + k * ldb;
+                for (int64_t n = 0; n < N; n++) c[n] += a * b[n];
+            }
+        }
+    }
+}
+
+int awq_sgemm_f32(int b_trans, const float *A, int64_t lda, const float *B, int64_t ldb, float *C,
+                  int64_t ldc, int64_t M, int64_t N, int64_t K, awq_err *err) {
+    if (M < 0 || N < 0 || K <= 0)
+        return awq_set_err(err, AWQ_ERR_VALUE, "sgemm: bad shape M=%lld N=%lld K=%lld",
+                           (long long)M, (long long)N, (long long)K);
+    if (M == 0 || N == 0) return AWQ_OK;
+#ifdef AWQ_HAVE_SCIPY_OPENBLAS
+    if (M > 0x7fffffff || N > 0x7fffffff || K > 0x7fffffff || lda > 0x7fffffff ||
+        ldb > 0x7fffffff || ldc > 0x7fffffff)
+        return awq_set_err(err, AWQ_ERR_VALUE, "sgemm: dimension exceeds 32-bit BLAS range");
+    scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, b_trans ? CblasTrans : CblasNoTrans,
+                      (blasint)M, (blasint)N, (blasint)K, 1.0f, A, (blasint)lda, B, (blasint)ldb,
+                      0.0f, C, (blasint)ldc);
+#else
+    sgemm_strided_builtin(b_trans, A, lda, B, ldb, C, ldc, M, N, K);
+#endif
+    return AWQ_OK;
+}
+
+/* The portable strided GEMM, reachable in BLAS builds too (for tests and comparisons). */
+int awq_sgemm_f32_builtin(int b_trans, const float *A, int64_t lda, const float *B, int64_t ldb,
+                          float *C, int64_t ldc, int64_t M, int64_t N, int64_t K, awq_err *err) {
+    if (M < 0 || N < 0 || K <= 0)
+        return awq_set_err(err, AWQ_ERR_VALUE, "sgemm: bad shape M=%lld N=%lld K=%lld",
+                           (long long)M, (long long)N, (long long)K);
+    sgemm_strided_builtin(b_trans, A, lda, B, ldb, C, ldc, M, N, K);
+    return AWQ_OK;
+}
