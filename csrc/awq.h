@@ -44,6 +44,17 @@ const char *awq_isa_name(awq_isa isa);
 int awq_num_threads(void);
 /* Name of the dense GEMM provider, e.g. "scipy-openblas 0.3.x" or "builtin". */
 const char *awq_blas_name(void);
+/* Makes the BLAS single-threaded (OpenMP is the core's only thread pool). Idempotent. */
+void awq_blas_configure(void);
+
+/* ---------------------------------------------------------------- function multiversioning */
+/* Hot loops compiled for AVX-512, AVX2 and the baseline ISA, one picked at load time (GCC ifunc).
+ * Off under clang and sanitizer builds (ifunc resolvers run before the sanitizer runtime is up). */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(AWQ_SANITIZE_BUILD)
+#define AWQ_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define AWQ_CLONES
+#endif
 
 /* ---------------------------------------------------------------- half precision helpers */
 float awq_fp16_to_fp32(uint16_t h);

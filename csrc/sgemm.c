@@ -10,10 +10,6 @@
 
 #ifdef AWQ_HAVE_SCIPY_OPENBLAS
 #include <cblas.h>
-#define AWQ_SGEMM_ROW_NT(M, N, K, A, B, C)                                                          \
-    scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)(M), (blasint)(N),        \
-                      (blasint)(K), 1.0f, (A), (blasint)(K), (B), (blasint)(K), 0.0f, (C),          \
-                      (blasint)(N))
 #endif
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(AWQ_SANITIZE_BUILD)
@@ -21,6 +17,14 @@
 #else
 #define AWQ_CLONES
 #endif
+
+/* The scipy-openblas32 copy is private to awq (numpy and scipy bundle their own): run it with one
+ * thread so that OpenMP is the only thread pool. Called once from the module's exec slot. */
+void awq_blas_configure(void) {
+#ifdef AWQ_HAVE_SCIPY_OPENBLAS
+    if (scipy_openblas_get_num_threads() != 1) scipy_openblas_set_num_threads(1);
+#endif
+}
 
 const char *awq_blas_name(void) {
 #ifdef AWQ_HAVE_SCIPY_OPENBLAS
@@ -30,77 +34,55 @@ const char *awq_blas_name(void) {
 #endif
 }
 
-/* Portable GEMM C[M,N] = A[M,K] @ B[N,K]^T. Blocks of 64 rows of B are transposed into a K x 64
- * panel so the inner loop is a contiguous axpy the compiler vectorises. */
-AWQ_CLONES
-static void gemm_nt_block(const float *A, const float *Bt, float *C, int64_t M, int64_t K,
-                          int64_t nb, int64_t ldc) {
-    for (int64_t m = 0; m < M; m++) {
-        float acc[64];
-        for (int64_t j = 0; j < nb; j++) acc[j] = 0.0f;
-        const float *a = A + m * K;
-        for (int64_t k = 0; k < K; k++) {
-            const float av = a[k];
-            const float *b = Bt + k * nb;
-            for (int64_t j = 0; j < nb; j++) acc[j] += av * b[j];
-        }
-        memcpy(C + m * ldc, acc, (size_t)nb * sizeof(float));
-    }
-}
-
-static int gemm_nt_builtin(const float *A, const float *B, float *C, int64_t M, int64_t K,
-                           int64_t N, awq_err *err) {
-    int64_t nblocks = (N + 63) / 64;
-    int failed = 0;
-#pragma omp parallel
-    {
-        float *Bt = malloc((size_t)K * 64 * sizeof(float));
-        if (!Bt) {
-#pragma omp atomic write
-            failed = 1;
-        }
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t blk = 0; blk < nblocks; blk++) {
-            if (!Bt) continue;
-            int64_t n0 = blk * 64, nb = N - n0 < 64 ? N - n0 : 64;
-            for (int64_t j = 0; j < nb; j++)
-                for (int64_t k = 0; k < K; k++) Bt[k * nb + j] = B[(n0 + j) * K + k];
-            gemm_nt_block(A, Bt, C + n0, M, K, nb, N);
-        }
-        free(Bt);
-    }
-    if (failed) return awq_set_err(err, AWQ_ERR_NOMEM, "gemm: out of memory for a %lld-float panel", (long long)(K * 64));
-    return AWQ_OK;
-}
-
+/* y[M,N] = x[M,K] @ w[N,K]^T (+ bias). OpenMP splits the product into one part per thread (row
+ * blocks of x when M is large, column blocks of w otherwise) and each part is a single-threaded
+ * GEMM: one thread pool (OpenMP) for the whole core, so OpenBLAS's own pool never competes with it
+ * for the cores (on 2 cores that contention cost ~10 ms per call). */
 int awq_linear_f32(const float *x, const float *w, const float *bias, float *y, int64_t M,
                    int64_t K, int64_t N, awq_err *err) {
     if (M < 0 || K <= 0 || N <= 0)
         return awq_set_err(err, AWQ_ERR_VALUE, "linear: bad shape M=%lld K=%lld N=%lld",
                            (long long)M, (long long)K, (long long)N);
     if (M == 0) return AWQ_OK;
-#ifdef AWQ_HAVE_SCIPY_OPENBLAS
-    if (M > 0x7fffffff || N > 0x7fffffff || K > 0x7fffffff)
-        return awq_set_err(err, AWQ_ERR_VALUE, "linear: dimension exceeds 32-bit BLAS range");
-    AWQ_SGEMM_ROW_NT(M, N, K, x, w, y);
-#else
-    int st = gemm_nt_builtin(x, w, y, M, K, N, err);
-    if (st) return st;
-#endif
+    const int64_t work = M * N * K;
+    int nt = work < (1 << 18) ? 1 : awq_num_threads();
+    const int split_m = M >= 32 * (int64_t)nt;
+    /* column parts are multiples of 16 so every thread writes whole cache lines */
+    const int64_t ncols = ((N + nt - 1) / nt + 15) / 16 * 16;
+    int status = AWQ_OK;
+    awq_err part_err = {{0}};
+#pragma omp parallel for num_threads(nt) schedule(static, 1)
+    for (int p = 0; p < nt; p++) {
+        int64_t m0 = 0, m1 = M, n0 = 0, n1 = N;
+        if (split_m) {
+            m0 = M * p / nt;
+            m1 = M * (p + 1) / nt;
+        } else {
+            n0 = ncols * p < N ? ncols * p : N;
+            n1 = n0 + ncols < N ? n0 + ncols : N;
+        }
+        if (m1 <= m0 || n1 <= n0) continue;
+        awq_err e = {{0}};
+        int st = awq_sgemm_f32(1, x + m0 * K, K, w + n0 * K, K, y + m0 * N + n0, N, m1 - m0,
+                               n1 - n0, K, &e);
+        if (st) {
+#pragma omp critical(awq_linear_err)
+            {
+                status = st;
+                part_err = e;
+            }
+        }
+    }
+    if (status) {
+        *err = part_err;
+        return status;
+    }
     if (bias) {
-#pragma omp parallel for if (M * N > 65536)
+#pragma omp parallel for num_threads(nt)
         for (int64_t m = 0; m < M; m++)
             for (int64_t n = 0; n < N; n++) y[m * N + n] += bias[n];
     }
     return AWQ_OK;
-}
-
-#ifdef AWQ_HAVE_SCIPY_OPENBLAS
-/* Keep the builtin path compiled (and testable through awq_linear_f32_builtin) in BLAS builds. */
-#endif
-int awq_linear_f32_builtin(const float *x, const float *w, float *y, int64_t M, int64_t K,
-                           int64_t N, awq_err *err) {
-    return gemm_nt_builtin(x, w, y, M, K, N, err);
 }
 
 /* ---------------------------------------------------------------- strided GEMM for tiled callers */
@@ -147,6 +129,7 @@ int awq_sgemm_f32(int b_trans, const float *A, int64_t lda, const float *B, int6
     if (M > 0x7fffffff || N > 0x7fffffff || K > 0x7fffffff || lda > 0x7fffffff ||
         ldb > 0x7fffffff || ldc > 0x7fffffff)
         return awq_set_err(err, AWQ_ERR_VALUE, "sgemm: dimension exceeds 32-bit BLAS range");
+    /* single-threaded (awq_blas_configure): callers thread over tiles with OpenMP */
     scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, b_trans ? CblasTrans : CblasNoTrans,
                       (blasint)M, (blasint)N, (blasint)K, 1.0f, A, (blasint)lda, B, (blasint)ldb,
                       0.0f, C, (blasint)ldc);

@@ -1,0 +1,449 @@
+"""The model object behind AutoAWQ's API: from_pretrained / quantize / save_quantized /
+from_quantized / forward / generate. No math here: the quantizer, runtime and I/O do the work.
+
+One class serves every architecture; `awq.models.auto` makes a named subclass per spec row so
+`AWQ_CAUSAL_LM_MODEL_MAP` looks as AutoAWQ users know it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from awq.io.checkpoint import atomic_folder, check_writable, open_checkpoint, parse_size, read_json, write_checkpoint
+from awq.models.config import ConfigError, ModelConfig
+from awq.runtime.layers import AWQLinear, DenseLinear, F16Linear, make_linear
+from awq.runtime.model import DecoderLM
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                   "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja")
+IGNORED_FLAGS = {"fuse_layers": True, "use_exllama": False, "use_exllama_v2": False, "use_ipex": False,
+                 "batch_size": 1, "max_memory": None, "offload_folder": None, "low_cpu_mem_usage": True,
+                 "use_cache": False, "torch_dtype": "auto", "trust_remote_code": True}
+
+
+def resolve_model_path(path: str, download_kwargs: Optional[dict] = None) -> str:
+    """A local folder as is; otherwise a Hub id fetched with huggingface_hub when possible."""
+    if os.path.isdir(path):
+        return path
+    if os.path.exists(path):
+        raise NotADirectoryError(f"{path!r} is a file; expected a model folder (config.json + *.safetensors)")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise FileNotFoundError(
+            f"{path!r} is not a local folder, and huggingface_hub is not installed to fetch it from the "
+            "Hub (pip install huggingface_hub)") from None
+    try:
+        return snapshot_download(path, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"],
+                                 **(download_kwargs or {}))
+    except Exception as e:
+        raise FileNotFoundError(f"{path!r} is not a local folder and could not be fetched from the Hub "
+                                f"({type(e).__name__}: {e})") from None
+
+
+def read_model_config(folder: str) -> dict:
+    return read_json(os.path.join(folder, "config.json"), "model config")
+
+
+def _note_ignored(kwargs: dict):
+    for k, v in kwargs.items():
+        if k in IGNORED_FLAGS and v != IGNORED_FLAGS[k]:
+            print(f"awq: {k}={v!r} has no effect in this build (CPU backend); ignored", file=sys.stderr)
+
+
+def _check_device(device_map):
+    if device_map in (None, "cpu", "auto", "balanced", "sequential") or device_map == {"": "cpu"}:
+        return
+    raise NotImplementedError(f"device_map={device_map!r}: this build of awq runs on the CPU only; "
+                              "use device_map=None")
+
+
+def normalize_quant_config(qc: Optional[dict]) -> dict:
+    """AutoAWQ quant_config (zero_point, q_group_size, w_bit, version, modules_to_not_convert)."""
+    qc = dict(qc or {})
+    out = {
+        "zero_point": bool(qc.pop("zero_point", True)),
+        "q_group_size": qc.pop("q_group_size", qc.pop("group_size", 128)),
+        "w_bit": qc.pop("w_bit", qc.pop("bits", 4)),
+        "version": str(qc.pop("version", "gemm")).lower(),
+        "modules_to_not_convert": qc.pop("modules_to_not_convert", None),
+    }
+    qc.pop("quant_method", None)
+    if qc:
+        raise ValueError(f"unknown quant_config keys: {sorted(qc)}")
+    if out["version"] != "gemm":
+        raise ValueError(f"quant_config version {out['version']!r}: only 'gemm' is written by awq")
+    g = out["q_group_size"]
+    if isinstance(g, bool) or not isinstance(g, int) or not (g == -1 or g > 0):
+        raise ValueError(f"q_group_size must be a positive integer or -1, got {g!r}")
+    if out["w_bit"] not in (2, 3, 4, 8):
+        raise ValueError(f"w_bit must be one of 2, 3, 4, 8, got {out['w_bit']!r}")
+    return out
+
+
+def module_matches(entry: str, full_name: str, block_relative: str) -> bool:
+    """True when any engine's rule for modules_to_not_convert would match: substring (vLLM, SGLang,
+    transformers 4), start/end anchored (transformers 5), block-relative substring (AutoAWQ)."""
+    return (entry in full_name or full_name.startswith(entry) or full_name.endswith(entry)
+            or entry in block_relative)
+
+
+class BaseAWQForCausalLM:
+    spec = None  # set per architecture by awq.models.auto
+
+    def __init__(self, model_path: str, config: dict, ckpt, is_quantized: bool, quant_config: dict,
+                 layers: Optional[List[Dict]] = None):
+        self.model_path = model_path
+        self.config = config
+        self.cfg = ModelConfig.from_dict(config)
+        self.ckpt = ckpt
+        self.is_quantized = is_quantized
+        self.quant_config = quant_config
+        self._layers = layers  # None: read float layers from the checkpoint
+        self._tokenizer = None
+        self.reports = []
+        self._check_tensors()
+        self._runtime: Optional[DecoderLM] = None
+
+    # ---- construction ------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, model_path, model_type=None, torch_dtype="auto", trust_remote_code=True,
+                        safetensors=True, device_map=None, download_kwargs=None, low_cpu_mem_usage=True,
+                        use_cache=False, **model_init_kwargs):
+        _check_device(device_map)
+        _note_ignored({"torch_dtype": torch_dtype, **model_init_kwargs})
+        folder = resolve_model_path(model_path, download_kwargs)
+        config = read_model_config(folder)
+        if config.get("quantization_config"):
+            raise ValueError(f"{folder} holds an already quantized checkpoint; load it with from_quantized")
+        ckpt = open_checkpoint(folder)
+        return cls(folder, config, ckpt, False, {})
+
+    @classmethod
+    def from_quantized(cls, quant_path, model_type=None, quant_filename="", max_seq_len=2048,
+                       trust_remote_code=True, fuse_layers=True, use_exllama=False, use_exllama_v2=False,
+                       use_ipex=False, batch_size=1, safetensors=True, device_map="balanced", max_memory=None,
+                       offload_folder=None, download_kwargs=None, **config_kwargs):
+        _check_device(device_map)
+        _note_ignored({"use_exllama": use_exllama, "use_exllama_v2": use_exllama_v2, "use_ipex": use_ipex,
+                       "batch_size": batch_size, "max_memory": max_memory, "offload_folder": offload_folder})
+        folder = resolve_model_path(quant_path, download_kwargs)
+        config = read_model_config(folder)
+        qc = load_quant_config(folder, config)
+        ckpt = open_checkpoint(folder, quant_filename or None)
+        model = cls(folder, config, ckpt, True, qc)
+        model._layers = [model._load_quantized_layer(i) for i in range(model.cfg.num_layers)]
+        model.max_seq_len = max_seq_len
+        return model
+
+    # ---- tensors -----------------------------------------------------------------------------
+    def _name(self, i: int, local: str) -> str:
+        return self.spec.layer_prefix(i) + local
+
+    def _check_tensors(self):
+        """Fails early, naming the tensor, when the checkpoint lacks what the spec needs."""
+        spec, ck = self.spec, self.ckpt
+        if spec.embed not in ck:
+            raise ValueError(f"{self.model_path}: missing tensor {spec.embed}")
+        if spec.final_norm not in ck:
+            raise ValueError(f"{self.model_path}: missing tensor {spec.final_norm}")
+        V, D = ck.shape(spec.embed)
+        if D != self.cfg.hidden_size:
+            raise ValueError(f"{spec.embed} has hidden size {D}, config says {self.cfg.hidden_size}")
+        for i in (0, self.cfg.num_layers - 1):
+            for n in spec.norm_names():
+                if self._name(i, n + ".weight") not in ck:
+                    raise ValueError(f"{self.model_path}: missing tensor {self._name(i, n + '.weight')}")
+
+    def _expected_shape(self, lin: str):
+        c, s = self.cfg, self.spec
+        D, F, Hq, Hkv, d = c.hidden_size, c.intermediate_size, c.num_heads, c.num_kv_heads, c.head_dim
+        return {s.q: (Hq * d, D), s.k: (Hkv * d, D), s.v: (Hkv * d, D), s.o: (D, Hq * d),
+                s.gate: (F, D), s.up: (F, D), s.down: (D, F)}[lin]
+
+    def load_layer_f32(self, i: int) -> Dict[str, np.ndarray]:
+        """Layer i's float tensors as fp32 copies: '<linear>.weight', '<linear>.bias', '<norm>.weight'."""
+        spec, ck = self.spec, self.ckpt
+        out = {}
+        for lin in spec.linear_names():
+            name = self._name(i, lin + ".weight")
+            if name not in ck:
+                raise ValueError(f"{self.model_path}: missing tensor {name}")
+            w = ck.get_float32(name)
+            if w.shape != self._expected_shape(lin):
+                raise ValueError(f"{name}: shape {w.shape}, expected {self._expected_shape(lin)} from config.json")
+            out[lin + ".weight"] = w
+            bname = self._name(i, lin + ".bias")
+            if bname in ck:
+                out[lin + ".bias"] = ck.get_float32(bname)
+        for n in spec.norm_names():
+            out[n + ".weight"] = ck.get_float32(self._name(i, n + ".weight"))
+        return out
+
+    def _float_layer(self, i: int) -> Dict:
+        """Runtime modules of an unquantized layer straight from the checkpoint (fp16: zero-copy)."""
+        spec, ck = self.spec, self.ckpt
+        W = {}
+        for lin in spec.linear_names():
+            wname, bname = self._name(i, lin + ".weight"), self._name(i, lin + ".bias")
+            w = ck.get(wname) if ck.dtype(wname) == "F16" else ck.get_float32(wname)
+            W[lin] = make_linear(w, ck.get_float32(bname) if bname in ck else None)
+        for n in spec.norm_names():
+            W[n] = ck.get_float32(self._name(i, n + ".weight"))
+        return W
+
+    def _load_quantized_layer(self, i: int) -> Dict:
+        spec, ck, qc = self.spec, self.ckpt, self.quant_config
+        W = {}
+        for lin in spec.linear_names():
+            base = self._name(i, lin)
+            bias = ck.get_float32(base + ".bias") if base + ".bias" in ck else None
+            N, K = self._expected_shape(lin)
+            if base + ".qweight" in ck:
+                for part in ("qzeros", "scales"):
+                    if f"{base}.{part}" not in ck:
+                        raise ValueError(f"{self.model_path}: {base}.qweight present but {base}.{part} missing")
+                g = K if qc["q_group_size"] == -1 else qc["q_group_size"]
+                qw = ck.get(base + ".qweight")
+                if tuple(qw.shape) != (K, N // 8):
+                    raise ValueError(f"{base}.qweight: shape {tuple(qw.shape)}, expected {(K, N // 8)} "
+                                     f"(AutoAWQ GEMM layout [in, out/8])")
+                if ck.dtype(base + ".scales") not in ("F16", "BF16", "F32"):
+                    raise ValueError(f"{base}.scales: unexpected dtype {ck.dtype(base + '.scales')}")
+                scales = ck.get(base + ".scales") if ck.dtype(base + ".scales") == "F16" else \
+                    ck.get_float32(base + ".scales").astype(np.float16)
+                try:
+                    W[lin] = AWQLinear(qw, ck.get(base + ".qzeros"), scales, bias, g)
+                except ValueError as e:
+                    raise ValueError(f"{base}: {e}") from None
+            elif base + ".weight" in ck:
+                w = ck.get(base + ".weight") if ck.dtype(base + ".weight") == "F16" else ck.get_float32(base + ".weight")
+                W[lin] = make_linear(w, bias)
+            else:
+                raise ValueError(f"{self.model_path}: neither {base}.qweight nor {base}.weight is present")
+        for n in spec.norm_names():
+            W[n] = ck.get_float32(self._name(i, n + ".weight"))
+        return W
+
+    def embed_tokens(self, ids: np.ndarray) -> np.ndarray:
+        return self.runtime().embed_tokens(ids)
+
+    # ---- runtime -----------------------------------------------------------------------------
+    def runtime(self) -> DecoderLM:
+        if self._runtime is None:
+            spec, ck, cfg = self.spec, self.ckpt, self.cfg
+            embed = ck.get(spec.embed)
+            edt = ck.dtype(spec.embed)
+            if spec.lm_head in ck:  # untied head; tied models store none
+                hname = spec.lm_head
+                lm_head = make_linear(ck.get(hname) if ck.dtype(hname) == "F16" else ck.get_float32(hname))
+            else:
+                lm_head = make_linear(embed if edt == "F16" else ck.get_float32(spec.embed))
+            if self._layers is not None:
+                layers = [_runtime_modules(l) for l in self._layers]
+                get_layer = layers.__getitem__
+            else:
+                get_layer = self._float_layer
+            self._runtime = DecoderLM(spec, cfg, embed, edt, ck.get_float32(spec.final_norm), lm_head, get_layer)
+        return self._runtime
+
+    def forward(self, input_ids, **kwargs) -> np.ndarray:
+        """Logits [B, T, vocab] fp32."""
+        return self.runtime().forward(input_ids)
+
+    __call__ = forward
+
+    def generate(self, input_ids, max_new_tokens: int = 32, do_sample=None, temperature=None, top_k=None,
+                 top_p=None, seed=None, eos_token_id=None, streamer=None, callback=None, **kwargs):
+        from awq.runtime.generate import generate
+
+        gen = self.generation_config()
+        if eos_token_id is None:
+            eos_token_id = gen.get("eos_token_id", self.config.get("eos_token_id"))
+        do_sample = gen.get("do_sample", False) if do_sample is None else do_sample
+        return generate(self.runtime(), input_ids, max_new_tokens=max_new_tokens, do_sample=bool(do_sample),
+                        temperature=gen.get("temperature", 1.0) if temperature is None else temperature,
+                        top_k=gen.get("top_k", 0) if top_k is None else top_k,
+                        top_p=gen.get("top_p", 1.0) if top_p is None else top_p,
+                        seed=seed, eos_token_id=eos_token_id, streamer=streamer, callback=callback,
+                        max_seq_len=getattr(self, "max_seq_len", None) or self.cfg.max_position_embeddings)
+
+    def generation_config(self) -> dict:
+        p = os.path.join(self.model_path, "generation_config.json")
+        return read_json(p, "generation config") if os.path.exists(p) else {}
+
+    # ---- quantization ------------------------------------------------------------------------
+    def quantize(self, tokenizer=None, quant_config={}, calib_data="pileval", split="train", text_column="text",
+                 duo_scaling=True, export_compatible=False, apply_clip=True, n_parallel_calib_samples=None,
+                 max_calib_samples=128, max_calib_seq_len=512, max_chunk_memory=1024 ** 3, quantizer_cls=None,
+                 **kwargs):
+        from awq.quantize.quantizer import AwqQuantizer
+
+        if self.is_quantized:
+            raise ValueError("this model is already quantized")
+        qc = normalize_quant_config(quant_config)
+        quantizer_cls = quantizer_cls or AwqQuantizer
+        q = quantizer_cls(self, None, tokenizer, qc["w_bit"], qc["q_group_size"], qc["zero_point"], qc["version"],
+                          calib_data, split, text_column, duo_scaling,
+                          modules_to_not_convert=qc["modules_to_not_convert"], export_compatible=export_compatible,
+                          apply_clip=apply_clip, n_parallel_calib_samples=n_parallel_calib_samples,
+                          max_calib_samples=max_calib_samples, max_calib_seq_len=max_calib_seq_len,
+                          max_chunk_memory=max_chunk_memory, **kwargs)
+        self._layers, self.reports = q.quantize()
+        self._tokenizer = tokenizer
+        self.quant_config = qc
+        self.is_quantized = not export_compatible
+        self.export_compatible = export_compatible
+        self._runtime = None
+        return self
+
+    def pack(self):
+        """Packing happens inside quantize() (4-bit GEMM layout); kept for AutoAWQ scripts."""
+        if self._layers is None:
+            raise ValueError("quantize() the model before pack()")
+
+    # ---- saving ------------------------------------------------------------------------------
+    def _state_tensors(self) -> Dict[str, np.ndarray]:
+        from awq.quantize.quantizer import DenseWeight, QuantizedLinear
+
+        spec, ck = self.spec, self.ckpt
+        f16 = lambda a: np.ascontiguousarray(a, dtype=np.float16)  # noqa: E731
+        t = {spec.embed: f16(ck.get_float32(spec.embed)), spec.final_norm: f16(ck.get_float32(spec.final_norm))}
+        if spec.lm_head in ck:
+            t[spec.lm_head] = f16(ck.get_float32(spec.lm_head))
+        for i, layer in enumerate(self._layers):
+            for name, v in layer.items():
+                full = self._name(i, name)
+                if isinstance(v, QuantizedLinear):
+                    if v.w_bit != 4:
+                        raise ValueError(
+                            f"w_bit={v.w_bit}: only 4-bit weights have the AutoAWQ GEMM layout that transformers, "
+                            "vLLM, SGLang and TGI load; save with w_bit=4, or quantize(export_compatible=True) "
+                            "for an fp16 checkpoint with the AWQ scales folded in")
+                    t[full + ".qweight"], t[full + ".qzeros"], t[full + ".scales"] = v.qweight, v.qzeros, v.scales
+                    if v.bias is not None:
+                        t[full + ".bias"] = f16(v.bias)
+                elif isinstance(v, AWQLinear):  # re-saving a loaded checkpoint
+                    t[full + ".qweight"], t[full + ".qzeros"], t[full + ".scales"] = v.qweight, v.qzeros, v.scales
+                    if v.bias is not None:
+                        t[full + ".bias"] = f16(v.bias)
+                elif isinstance(v, (DenseWeight, DenseLinear, F16Linear)):
+                    t[full + ".weight"] = f16(v.weight)
+                    if v.bias is not None:
+                        t[full + ".bias"] = f16(v.bias)
+                else:
+                    full = full if full.endswith(".weight") else full + ".weight"
+                    t[full] = f16(v)
+        return t
+
+    def _not_converted(self) -> List[str]:
+        from awq.quantize.quantizer import DenseWeight
+
+        out = []
+        for i, layer in enumerate(self._layers):
+            out += [self._name(i, n) for n, v in layer.items() if isinstance(v, (DenseWeight, DenseLinear, F16Linear))]
+        return out
+
+    def save_quantized(self, save_dir, safetensors=True, shard_size="5GB"):
+        """Writes config.json (+ quantization_config), generation_config.json (unchanged), the tensors
+        (sharded above shard_size) and the tokenizer, into a temporary folder renamed into place."""
+        if self._layers is None:
+            raise ValueError("nothing to save: call quantize() first (or save a model from from_quantized)")
+        if not safetensors:
+            raise ValueError("awq writes safetensors only (safetensors=False is not supported)")
+        save_dir = str(save_dir).rstrip("/")
+        limit = parse_size(shard_size)
+        check_writable(save_dir)
+        tensors = self._state_tensors()
+        config = {k: v for k, v in self.config.items() if k != "quantization_config"}
+        config["torch_dtype"] = "float16"
+        if self.is_quantized:
+            qc = self.quant_config
+            skipped = self._not_converted()
+            qmods = [self._name(i, n) for i in range(self.cfg.num_layers) for n in self.spec.linear_names()
+                     if self._name(i, n) not in skipped]
+            for entry in skipped:
+                for m in qmods:
+                    rel = m[len(self.spec.layers_prefix) + 1:].split(".", 1)[-1]
+                    if module_matches(entry, m, rel):
+                        raise ValueError(f"modules_to_not_convert entry {entry!r} would also match the quantized "
+                                         f"module {m!r} in some engine; refusing to save")
+            config["quantization_config"] = {
+                "quant_method": "awq", "bits": qc["w_bit"], "group_size": qc["q_group_size"],
+                "zero_point": qc["zero_point"], "version": "gemm", "modules_to_not_convert": skipped or None,
+            }
+        with atomic_folder(save_dir) as tmp:
+            write_checkpoint(tensors, tmp, shard_size=limit, metadata={"format": "pt"})
+            with open(os.path.join(tmp, "config.json"), "w") as f:
+                json.dump(config, f, indent=2)
+                f.write("\n")
+            gen = os.path.join(self.model_path, "generation_config.json")
+            if os.path.exists(gen):
+                shutil.copyfile(gen, os.path.join(tmp, "generation_config.json"))
+            self._save_tokenizer(tmp)
+
+    def _save_tokenizer(self, folder: str):
+        tok = self._tokenizer
+        if tok is not None and hasattr(tok, "save_pretrained"):
+            tok.save_pretrained(folder)
+            return
+        for name in TOKENIZER_FILES:
+            src = os.path.join(self.model_path, name)
+            if os.path.exists(src):
+                shutil.copyfile(src, os.path.join(folder, name))
+        if tok is not None and hasattr(tok, "save") and not os.path.exists(os.path.join(folder, "tokenizer.json")):
+            tok.save(os.path.join(folder, "tokenizer.json"))  # a bare tokenizers.Tokenizer
+
+
+def _runtime_modules(layer: Dict) -> Dict:
+    """Quantizer output (QuantizedLinear / DenseWeight / arrays) or loaded modules -> runtime modules."""
+    from awq.quantize.quantizer import DenseWeight, QuantizedLinear
+
+    out = {}
+    for name, v in layer.items():
+        if isinstance(v, QuantizedLinear):
+            if v.w_bit == 4:
+                out[name.removesuffix(".weight")] = AWQLinear(v.qweight, v.qzeros, v.scales, v.bias, v.group_size)
+            else:
+                out[name] = DenseLinear(v.dequantized, v.bias)
+        elif isinstance(v, DenseWeight):
+            out[name] = DenseLinear(v.weight, v.bias)
+        elif isinstance(v, np.ndarray):
+            out[name.removesuffix(".weight")] = v
+        else:
+            out[name] = v
+    return out
+
+
+def load_quant_config(folder: str, config: dict) -> dict:
+    """quantization_config from config.json, else legacy quant_config.json / quantize_config.json."""
+    qc = config.get("quantization_config")
+    if qc is None:
+        for legacy in ("quant_config.json", "quantize_config.json"):
+            p = os.path.join(folder, legacy)
+            if os.path.exists(p):
+                qc = read_json(p, "legacy quantization config")
+                break
+    if not isinstance(qc, dict):
+        raise ValueError(f"{folder}: no quantization_config in config.json and no quant_config.json; "
+                         "is this an AWQ checkpoint? (load float models with from_pretrained)")
+    method = str(qc.get("quant_method", "awq")).lower()
+    if method != "awq":
+        raise ValueError(f"{folder}: quant_method {method!r} is not AWQ")
+    version = str(qc.get("version", "gemm")).lower()
+    if version != "gemm":
+        raise ValueError(f"{folder}: AWQ version {version!r} checkpoints are not readable by this build "
+                         "(only the 'gemm' layout is)")
+    bits = qc.get("bits", qc.get("w_bit", 4))
+    g = qc.get("group_size", qc.get("q_group_size", 128))
+    if bits != 4:
+        raise ValueError(f"{folder}: {bits}-bit AWQ GEMM checkpoints are not supported (only 4-bit)")
+    if isinstance(g, bool) or not isinstance(g, int) or not (g == -1 or g > 0):
+        raise ConfigError(f"{folder}: bad group_size {g!r} in the quantization config")
+    return {"w_bit": 4, "q_group_size": g, "zero_point": bool(qc.get("zero_point", True)), "version": "gemm",
+            "modules_to_not_convert": qc.get("modules_to_not_convert")}

@@ -1,0 +1,347 @@
+"""The AWQ quantizer loop (REFERENCE.md s2), layer by layer, over the C core.
+
+Per decoder layer: (1) forward the float layer on all calibration blocks in chunks, caching the
+input of every linear; its float output is the next layer's input; (2) per scaling group, search
+the scale ratio on a grid of n_grid=20 points plus the identity, keeping the first minimum of the
+output MSE; apply it (prev op / s, consumers * s, cached inputs / s); (3) clip search for every
+linear but q/k; (4) quantize (and pack 4-bit to the AutoAWQ GEMM layout).
+
+Two deliberate differences from AutoAWQ, both fixing its defects: the identity scale (no scaling)
+is a candidate, evaluated first, so AWQ never does worse than plain RTN on the searched loss; and
+group_size -1 means one group spanning in_features, everywhere. For groups whose loss is the output
+of a single linear (v->o, up->down) the MSE is computed from the Gram matrix X^T X (the same number,
+computed in N*K^2 instead of T*K*N; KERNELS.md).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from awq._backend import C
+from awq.runtime.layers import DenseLinear, attn_forward, block_rope, layer_forward, mlp_forward
+from awq.utils.progress import progress
+
+N_GRID = 20
+N_SAMPLE_TOKENS_CLIP = 512
+
+
+class QuantizationError(RuntimeError):
+    """The scale or clip search could not produce a finite result."""
+
+
+@dataclass
+class QuantizedLinear:
+    """Result for one linear. 4-bit: packed GEMM tensors. Other widths: the dequantized weight."""
+
+    in_features: int
+    out_features: int
+    w_bit: int
+    group_size: int
+    bias: Optional[np.ndarray]
+    qweight: Optional[np.ndarray] = None  # int32 [K, N/8]
+    qzeros: Optional[np.ndarray] = None  # int32 [G, N/8]
+    scales: Optional[np.ndarray] = None  # float16 [G, N]
+    dequantized: Optional[np.ndarray] = None  # float32 [N, K] (w_bit != 4)
+
+
+@dataclass
+class LayerReport:
+    index: int
+    ratios: Dict[str, float] = field(default_factory=dict)  # group name -> chosen ratio (-1 identity)
+    losses: Dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def _group_name(g) -> str:
+    return f"{g.prev}->[{','.join(g.linears)}]"
+
+
+def quantize_weight(w: np.ndarray, w_bit: int, group_size: int, zero_point: bool,
+                    bias: Optional[np.ndarray], name: str) -> QuantizedLinear:
+    """Quantizes one fp32 weight [N, K]; 4-bit is packed to the AutoAWQ GEMM layout."""
+    N, K = w.shape
+    try:
+        if w_bit != 4:
+            dq = C.pseudo_quantize(w, group_size, w_bit, zero_point)
+            return QuantizedLinear(K, N, w_bit, group_size, bias, dequantized=dq)
+        codes, scales, zeros = C.quantize_codes(w, group_size, w_bit, zero_point)
+    except (FloatingPointError, ValueError) as e:
+        raise type(e)(f"{name}: {e}") from None
+    if N % 8:
+        raise ValueError(f"{name}: out_features {N} is not a multiple of 8, required by the AWQ GEMM packing")
+    qweight = C.pack_gemm(np.ascontiguousarray(codes.T))
+    qzeros = C.pack_gemm(np.ascontiguousarray(zeros.T))
+    return QuantizedLinear(K, N, w_bit, group_size, bias, qweight=qweight, qzeros=qzeros,
+                           scales=np.ascontiguousarray(scales.T).astype(np.float16))
+
+
+class AwqQuantizer:
+    def __init__(self, awq_model, model=None, tokenizer=None, w_bit=4, group_size=128, zero_point=True,
+                 version="gemm", calib_data="pileval", split="train", text_column="text",
+                 duo_scaling=True, modules_to_not_convert=None, export_compatible=False,
+                 apply_clip=True, n_parallel_calib_samples=None, max_calib_samples=128,
+                 max_calib_seq_len=512, max_chunk_memory=1024 ** 3, rtn=False, verbose=True, **kwargs):
+        if w_bit not in (2, 3, 4, 8):
+            raise ValueError(f"w_bit must be one of 2, 3, 4, 8, got {w_bit!r}")
+        if not (group_size == -1 or (isinstance(group_size, int) and group_size > 0)):
+            raise ValueError(f"q_group_size must be a positive integer or -1, got {group_size!r}")
+        self.awq_model = awq_model
+        self.spec, self.cfg = awq_model.spec, awq_model.cfg
+        self.tokenizer = tokenizer
+        self.w_bit, self.group_size, self.zero_point = w_bit, group_size, bool(zero_point)
+        self.version = version
+        self.calib_data, self.split, self.text_column = calib_data, split, text_column
+        self.duo_scaling, self.apply_clip = duo_scaling, apply_clip
+        self.export_compatible = export_compatible
+        self.modules_to_not_convert = list(modules_to_not_convert or [])
+        self.n_parallel_calib_samples = n_parallel_calib_samples
+        self.max_calib_samples, self.max_calib_seq_len = max_calib_samples, max_calib_seq_len
+        self.max_chunk_memory = max_chunk_memory
+        self.rtn, self.verbose = rtn, verbose
+        self.reports: List[LayerReport] = []
+
+    # ---- helpers ---------------------------------------------------------------------------
+    def _g(self, K: int) -> int:
+        return K if self.group_size == -1 else self.group_size
+
+    def converted(self, layer_idx: int, name: str) -> bool:
+        """Block-relative substring rule of AutoAWQ for modules_to_not_convert."""
+        full = self.spec.layer_prefix(layer_idx) + name
+        return not any(m in name or m in full for m in self.modules_to_not_convert)
+
+    def _chunk_blocks(self, n_blocks: int, T: int) -> int:
+        if self.n_parallel_calib_samples:
+            return max(1, min(n_blocks, int(self.n_parallel_calib_samples)))
+        c = self.cfg
+        per_block = T * (3 * c.intermediate_size + 6 * c.hidden_size + 2 * c.num_heads * c.head_dim) * 4
+        return max(1, min(n_blocks, int(self.max_chunk_memory // max(per_block, 1))))
+
+    # ---- main loop -------------------------------------------------------------------------
+    def quantize(self):
+        """Returns (layers, reports): per layer a dict of tensors ready for the runtime/save."""
+        spec, cfg = self.spec, self.cfg
+        if self.rtn:
+            blocks = None
+        else:
+            from awq.quantize.calib import get_calib_dataset
+
+            blocks = get_calib_dataset(self.calib_data, self.tokenizer, self.max_calib_samples,
+                                       self.max_calib_seq_len, self.split, self.text_column)
+            if self.verbose:
+                print(f"awq: calibrating on {blocks.shape[0]} blocks x {blocks.shape[1]} tokens", flush=True)
+        x = None if blocks is None else self.awq_model.embed_tokens(blocks)
+        layers_out = []
+        bar = progress(range(cfg.num_layers), desc="AWQ" if not self.rtn else "RTN", disable=not self.verbose)
+        for i in bar:
+            t0 = time.time()
+            tensors = self.awq_model.load_layer_f32(i)
+            self._check_finite(i, tensors)
+            report = LayerReport(i)
+            if blocks is not None:
+                x = self._awq_layer(i, tensors, x, report)
+            layers_out.append(self._finish_layer(i, tensors))
+            report.seconds = time.time() - t0
+            self.reports.append(report)
+        return layers_out, self.reports
+
+    def _check_finite(self, i: int, tensors: Dict[str, np.ndarray]):
+        for name, t in tensors.items():
+            if not np.isfinite(t).all():
+                bad = int((~np.isfinite(t)).sum())
+                raise FloatingPointError(
+                    f"{self.spec.layer_prefix(i)}{name} has {bad} NaN/Inf values; cannot quantize")
+
+    def _layer_modules(self, tensors: Dict[str, np.ndarray]) -> Dict:
+        W = {}
+        for lin in self.spec.linear_names():
+            W[lin] = DenseLinear(tensors[lin + ".weight"], tensors.get(lin + ".bias"))
+        for n in self.spec.norm_names():
+            W[n] = tensors[n + ".weight"]
+        return W
+
+    def _awq_layer(self, i: int, tensors: Dict[str, np.ndarray], x: np.ndarray, report: LayerReport):
+        spec, cfg = self.spec, self.cfg
+        nb, T, D = x.shape
+        chunk = self._chunk_blocks(nb, T)
+        W = self._layer_modules(tensors)
+        # (1) float forward with captured linear inputs; the output feeds the next layer.
+        feats: Dict[str, np.ndarray] = {}
+        out = np.empty_like(x)
+        for b0 in range(0, nb, chunk):
+            b1 = min(nb, b0 + chunk)
+            cap: Dict[str, np.ndarray] = {}
+            out[b0:b1] = layer_forward(spec, cfg, W, x[b0:b1], block_rope(cfg, b1 - b0, T), capture=cap)
+            for name, a in cap.items():
+                if name not in feats:
+                    feats[name] = np.empty((nb * T, a.shape[1]), np.float32)
+                feats[name][b0 * T:b1 * T] = a
+        # (2) scale search and application, group by group.
+        for g in spec.groups:
+            if g.only_if_same_shape and tensors[g.prev + ".weight"].shape != tensors[g.linears[0] + ".weight"].shape:
+                continue  # GQA rule: v_proj and o_proj differ in shape
+            s, ratio, loss = self._search_scale(i, g, tensors, feats[g.linears[0]], T, chunk)
+            report.ratios[_group_name(g)], report.losses[_group_name(g)] = ratio, loss
+            if s is not None:
+                self._apply_scale(g, tensors, feats, s)
+        # (3) clip search.
+        if self.apply_clip:
+            for lin in spec.linear_names():
+                if any(t in lin for t in ("q_", "k_", "query", "key", "Wqkv")) or not self.converted(i, lin):
+                    continue
+                self._clip(i, lin, tensors, feats[self._feat_key(lin)])
+        return out
+
+    def _feat_key(self, lin: str) -> str:
+        s = self.spec
+        return {s.k: s.q, s.v: s.q, s.up: s.gate}.get(lin, lin)
+
+    # ---- scale search ----------------------------------------------------------------------
+    def _search_scale(self, i, g, tensors, x_in: np.ndarray, T: int, chunk: int):
+        """Returns (scales or None for identity, chosen ratio, loss)."""
+        spec = self.spec
+        weights = [tensors[l + ".weight"] for l in g.linears]
+        K = weights[0].shape[1]
+        gs = self._g(K)
+        x_mean = C.abs_mean(x_in).astype(np.float64)
+        wcat = np.concatenate(weights, axis=0)
+        wa = np.abs(wcat).reshape(-1, gs)
+        w_mean = (wa / (wa.max(axis=1, keepdims=True) + 1e-6)).reshape(wcat.shape).mean(axis=0, dtype=np.float64)
+
+        loss_fn = self._loss_fn(i, g, tensors, x_in, T, chunk)
+        best, best_ratio, best_s = np.inf, None, None
+        candidates = [(-1.0, None)]
+        for k in range(N_GRID):
+            r = k / N_GRID
+            if self.duo_scaling:
+                s = np.power(x_mean, r) / (np.power(w_mean, 1 - r) + 1e-4)
+            else:
+                s = np.power(x_mean, r)
+            s = np.clip(s, 1e-4, None)
+            with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+                s = s / np.sqrt(s.max() * s.min())
+            s[~np.isfinite(s)] = 1.0
+            candidates.append((r, s.astype(np.float32)))
+        for r, s in candidates:
+            cand = {}
+            for name, w in zip(g.linears, weights):
+                if not self.converted(i, name):
+                    cand[name] = w
+                elif s is None:
+                    cand[name] = C.pseudo_quantize(w, gs, self.w_bit, self.zero_point)
+                else:
+                    cand[name] = C.pseudo_quantize(w * s, gs, self.w_bit, self.zero_point) / s
+            loss = loss_fn(cand)
+            if loss < best:  # NaN never wins; first strict minimum kept (AutoAWQ)
+                best, best_ratio, best_s = loss, r, s
+        if best_ratio is None:
+            raise QuantizationError(
+                f"layer {i} ({spec.layer_prefix(i)}), scaling group {_group_name(g)}: every candidate "
+                "scale gave a NaN loss; the layer's activations or weights are not finite")
+        return best_s, best_ratio, float(best)
+
+    def _loss_fn(self, i, g, tensors, x_in, T, chunk):
+        """Builds loss(candidate weights) = mean squared error of the inspected module's output."""
+        spec, cfg = self.spec, self.cfg
+        if g.inspect in ("attn", "mlp"):
+            W = self._layer_modules(tensors)
+            ntok = x_in.shape[0]
+            rows = chunk * T
+
+            def run(mods, a0, a1):
+                h = x_in[a0:a1]
+                if g.inspect == "attn":
+                    nbk = (a1 - a0) // T
+                    return attn_forward(spec, cfg, mods, h, nbk, T, block_rope(cfg, nbk, T))
+                return mlp_forward(spec, mods, h)
+
+            ref = [run(W, a0, min(ntok, a0 + rows)) for a0 in range(0, ntok, rows)]
+
+            def loss(cand):
+                mods = dict(W)
+                for name, w in cand.items():
+                    mods[name] = DenseLinear(w, tensors.get(name + ".bias"))
+                tot = 0.0
+                for j, a0 in enumerate(range(0, ntok, rows)):
+                    d = run(mods, a0, min(ntok, a0 + rows)) - ref[j]
+                    tot += float(np.dot(d.ravel(), d.ravel()))
+                return tot / (ntok * cfg.hidden_size)
+
+            return loss
+        # Single linear: MSE(X W^T, X W'^T) = sum_n d_n G d_n^T / (T N), G = X^T X, d = W - W'.
+        xt = np.ascontiguousarray(x_in.T)
+        G = C.linear(xt, xt, None)
+        w0 = tensors[g.inspect + ".weight"]
+        ntok = x_in.shape[0]
+
+        def loss(cand):
+            d = np.ascontiguousarray(w0 - cand[g.inspect])
+            dg = C.linear(d, G, None)
+            return float(np.einsum("nk,nk->", dg, d, dtype=np.float64)) / (ntok * w0.shape[0])
+
+        return loss
+
+    def _apply_scale(self, g, tensors, feats, s: np.ndarray):
+        """prev_op / s (norm weight, or the LAST len(s) output rows and bias of a linear);
+        consumers' input columns * s; the cached input / s."""
+        pw = tensors[g.prev + ".weight"]
+        n = s.shape[0]
+        if pw.ndim == 1:  # norm
+            if self.spec.norm_kind == "rms_unit":
+                tensors[g.prev + ".weight"] = ((pw + 1.0) / s - 1.0).astype(np.float32)
+            else:
+                tensors[g.prev + ".weight"] = (pw / s).astype(np.float32)
+            if g.prev + ".bias" in tensors:
+                tensors[g.prev + ".bias"] = (tensors[g.prev + ".bias"] / s).astype(np.float32)
+        else:  # linear: rows produce the consumers' input channels
+            pw = pw.copy()
+            pw[-n:] /= s[:, None]
+            tensors[g.prev + ".weight"] = pw
+            if g.prev + ".bias" in tensors:
+                b = tensors[g.prev + ".bias"].copy()
+                b[-n:] /= s
+                tensors[g.prev + ".bias"] = b
+        for lin in g.linears:
+            tensors[lin + ".weight"] = np.ascontiguousarray(tensors[lin + ".weight"] * s[None, :])
+        key = g.linears[0]
+        feats[key] /= s[None, :]
+
+    # ---- clip ------------------------------------------------------------------------------
+    def _clip(self, i, lin, tensors, x_in: np.ndarray):
+        w = tensors[lin + ".weight"]
+        N, K = w.shape
+        gs = self._g(K)
+        step = max(1, x_in.shape[0] // N_SAMPLE_TOKENS_CLIP)
+        xs = np.ascontiguousarray(x_in[::step])
+        max_val = C.clip_search(w, xs, gs, self.w_bit, self.zero_point, N_GRID, 0.5)
+        mv = max_val[:, :, None]
+        tensors[lin + ".weight"] = np.clip(w.reshape(N, K // gs, gs), -mv, mv).reshape(N, K)
+
+    # ---- quantize --------------------------------------------------------------------------
+    def _finish_layer(self, i: int, tensors: Dict[str, np.ndarray]) -> Dict:
+        spec = self.spec
+        out: Dict = {}
+        # Norms and biases are saved in fp16; round them now so the in-memory model computes what
+        # the saved checkpoint will.
+        r16 = lambda a: None if a is None else a.astype(np.float16).astype(np.float32)  # noqa: E731
+        for n in spec.norm_names():
+            out[n + ".weight"] = r16(tensors[n + ".weight"])
+        for lin in spec.linear_names():
+            w, b = tensors[lin + ".weight"], r16(tensors.get(lin + ".bias"))
+            if self.export_compatible or not self.converted(i, lin):
+                out[lin] = DenseWeight(w, b)
+            else:
+                K = w.shape[1]
+                out[lin] = quantize_weight(w, self.w_bit, self._g(K), self.zero_point, b,
+                                           spec.layer_prefix(i) + lin)
+        return out
+
+
+@dataclass
+class DenseWeight:
+    """A linear kept in floating point (export_compatible, or listed in modules_to_not_convert)."""
+
+    weight: np.ndarray  # float32 [N, K]
+    bias: Optional[np.ndarray]

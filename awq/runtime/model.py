@@ -1,0 +1,91 @@
+"""The decoder LM at run time: embeddings -> layers -> final norm -> lm_head, on the C core.
+
+Layers come from a `get_layer(i) -> dict` callable, so an unquantized checkpoint is read from its
+memory map one layer at a time (nothing is materialised for the whole model) and a quantized one
+serves its packed AWQ linears.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, Optional
+
+import numpy as np
+
+from awq._backend import C
+from awq.runtime.layers import KVCache, _rms, block_rope, layer_forward
+
+
+def to_token_array(input_ids) -> np.ndarray:
+    """input_ids as int64 [B, T]: lists, numpy arrays, DLPack producers (torch) or __array__."""
+    arr = input_ids
+    if not isinstance(arr, np.ndarray):
+        if hasattr(arr, "__dlpack__"):
+            try:
+                arr = np.from_dlpack(arr)
+            except (TypeError, RuntimeError, BufferError):
+                arr = np.asarray(arr.cpu() if hasattr(arr, "cpu") else arr)
+        else:
+            arr = np.asarray(arr)
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.integer)):
+        raise TypeError(f"input_ids must hold integers, got dtype {arr.dtype}")
+    if arr.ndim == 1:
+        arr = arr[None, :]
+    if arr.ndim != 2 or arr.shape[1] == 0:
+        raise ValueError(f"input_ids must be [T] or [B, T] with T >= 1, got shape {arr.shape}")
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def embedding_rows(table: np.ndarray, ids: np.ndarray, dtype_name: str = "") -> np.ndarray:
+    """Rows of an embedding table as fp32. BF16 tables arrive as uint16 bit patterns."""
+    rows = table[ids]
+    if dtype_name == "BF16" or (rows.dtype == np.uint16 and dtype_name != "F16"):
+        return (rows.astype(np.uint32) << 16).view(np.float32)
+    return rows.astype(np.float32)
+
+
+class DecoderLM:
+    def __init__(self, spec, cfg, embed: np.ndarray, embed_dtype: str, final_norm: np.ndarray,
+                 lm_head, get_layer: Callable[[int], Dict]):
+        self.spec, self.cfg = spec, cfg
+        self.embed, self.embed_dtype = embed, embed_dtype
+        self.final_norm = np.ascontiguousarray(final_norm, dtype=np.float32)
+        self.lm_head = lm_head
+        self.get_layer = get_layer
+
+    def embed_tokens(self, ids: np.ndarray) -> np.ndarray:
+        V = self.embed.shape[0]
+        if ids.size and (ids.min() < 0 or ids.max() >= V):
+            bad = int(ids[(ids < 0) | (ids >= V)][0])
+            raise ValueError(f"token id {bad} is outside the vocabulary (size {V})")
+        return embedding_rows(self.embed, ids, self.embed_dtype)
+
+    def new_cache(self, batch: int, max_len: int) -> KVCache:
+        c = self.cfg
+        return KVCache(c.num_layers, batch, max_len, c.num_kv_heads, c.head_dim)
+
+    def hidden_states(self, ids: np.ndarray, cache: Optional[KVCache] = None) -> np.ndarray:
+        """Final-normed hidden states [B, T, D] for ids [B, T] (appending to `cache` if given)."""
+        B, T = ids.shape
+        q_pos0 = cache.length if cache is not None else 0
+        if cache is not None and cache.batch != B:
+            raise ValueError(f"KV cache was made for batch {cache.batch}, got batch {B}")
+        x = self.embed_tokens(ids)
+        rope = block_rope(self.cfg, B, T, q_pos0)
+        for i in range(self.cfg.num_layers):
+            x = layer_forward(self.spec, self.cfg, self.get_layer(i), x, rope, q_pos0, cache, i)
+        if cache is not None:
+            cache.length = q_pos0 + T
+        D = x.shape[-1]
+        return _rms(x.reshape(B * T, D), self.final_norm, self.cfg.rms_norm_eps,
+                    self.spec.norm_kind).reshape(B, T, D)
+
+    def logits(self, h: np.ndarray) -> np.ndarray:
+        B, T, D = h.shape
+        return self.lm_head(h.reshape(B * T, D)).reshape(B, T, -1)
+
+    def forward(self, input_ids, cache: Optional[KVCache] = None, last_only: bool = False) -> np.ndarray:
+        """Logits [B, T, V] fp32 (or [B, 1, V] with last_only) for input_ids."""
+        ids = to_token_array(input_ids)
+        h = self.hidden_states(ids, cache)
+        if last_only:
+            h = np.ascontiguousarray(h[:, -1:])
+        return self.logits(h)
