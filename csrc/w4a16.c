@@ -2,9 +2,10 @@
  *
  * Why two regimes. At small M (decode) the product is bound by the bytes of W read, so the GEMV
  * kernels stream qweight once and decode nibbles in registers, never writing W out. At large M
- * (prefill) it is bound by multiply-adds, so a column block of W is decoded into a per-thread fp32
- * tile and handed to the dense GEMM (awq_sgemm_f32, OpenBLAS when built with it): the decode costs
- * O(K*N) against O(M*K*N) for the product.
+ * (prefill) it is bound by multiply-adds, so panels of 48 columns of W are decoded (or converted
+ * from fp16) into fp32 blocks of at most KC x 48 that stay in L2, and a register-blocked
+ * micro-kernel runs every row of x over them: the decode costs O(K*N) against O(M*K*N) for the
+ * product, and no full fp32 copy of W is ever made.
  *
  * Layout (REFERENCE.md section 3): qweight[K, W] with W = N/8; nibble i of word [k, j] is column
  * 8j + P[i], P = {0,2,4,6,1,3,5,7}; qzeros[G, W] the same; scales[G, N] fp16; G = K/g.
@@ -15,13 +16,12 @@
  *   acc_i += x[k] * q_i(k)                 (q as float: shift + vpermps over a 0..15 table)
  *   out_i += s_i * (acc_i - z_i * sum_x)   at the group end (zero point via the group sum of x)
  * Scales are permuted into accumulator order once per group and tile; the result is written back
- * in natural column order at the end of K. Several rows of x share each decoded nibble.
+ * in natural column order at the end. Several rows of x (up to 3) share each decoded nibble.
  *
  * Index letters: m row of x, k input feature, n output column, j word (8 columns), i nibble,
  * gi group, r row within a pass.
  */
 #include "w4a16.h"
-#include "ops.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -90,18 +90,6 @@ static int check_w4a16(const char *who, const float *x, const uint32_t *qweight,
     return AWQ_OK;
 }
 
-/* xsum[m, gi] = sum of x[m, k] over group gi: the zero point enters as z * sum_x. */
-static void group_sums(const float *x, float *xsum, int64_t M, int64_t K, int64_t g) {
-    int64_t G = K / g;
-    for (int64_t m = 0; m < M; m++)
-        for (int64_t gi = 0; gi < G; gi++) {
-            const float *xr = x + m * K + gi * g;
-            float s = 0.0f;
-            for (int64_t k = 0; k < g; k++) s += xr[k];
-            xsum[m * G + gi] = s;
-        }
-}
-
 /* ================================================================ reference */
 
 int awq_w4a16_matmul_ref(const float *x, const uint32_t *qweight, const uint32_t *qzeros,
@@ -133,230 +121,199 @@ int awq_w4a16_matmul_ref(const float *x, const uint32_t *qweight, const uint32_t
     return AWQ_OK;
 }
 
-/* ================================================================ W4A16 GEMV: generic C */
+/* ================================================================ W4A16 GEMV (small M)
+ *
+ * Work split: thread t takes rows [K t / T, K (t + 1) / T) of qweight, all columns, so each thread
+ * streams one contiguous stretch of memory and any N balances. Its rows are cut at group ends (and
+ * into blocks of at most W4_BLOCK_BYTES of qweight) into segments; a segment is swept tile by tile
+ * (a tile = one vector of words), every tile adding s * (acc - z * sum_x) into the thread's partial
+ * output, kept in accumulator order. The partials of the threads are summed, un-permuted and the
+ * bias added at the end. While a segment is swept, the next one is prefetched into L2 a line per
+ * tile row: the tile rows of a segment are W words apart, a stride the hardware streamers follow
+ * poorly, while the next segment is one contiguous block.
+ *
+ * Tile kernel contract (all ISAs): rows [k0, k1) of group gi, words [j0, j0 + nw), R rows of x
+ * (row stride K) with xs[r] = sum of x[r, k0:k1]; adds into o[r * ldo + i * tw + jj] for nibble i
+ * and word j0 + jj (column 8 (j0 + jj) + P[i]), tw the kernel's tile width in words.
+ */
 
-/* One pass over words [j0, j0 + nw) (nw <= 16) for R rows of x. Accumulators in nibble order:
- * acc[r][i * 16 + jj] is column 8(j0 + jj) + P[i], the same order as the SIMD kernels. */
-static void w4_gemv_tile_generic(int R, const float *x, const float *xsum, const uint32_t *qw,
-                                 const uint32_t *qz, const uint16_t *sc, const float *bias,
-                                 float *y, int64_t K, int64_t N, int64_t g, int64_t j0, int nw) {
-    const int64_t W = N / 8, G = K / g;
-    float out[3][128], acc[3][128], zf[128], sf[128];
-    memset(out, 0, sizeof out);
-    for (int64_t gi = 0; gi < G; gi++) {
-        memset(acc, 0, sizeof acc);
-        for (int64_t k = gi * g; k < (gi + 1) * g; k++) {
-            const uint32_t *q = qw + k * W + j0;
-            for (int r = 0; r < R; r++) {
-                const float xv = x[r * K + k];
-                for (int jj = 0; jj < nw; jj++) {
-                    const uint32_t w = q[jj];
-                    for (int i = 0; i < 8; i++)
-                        acc[r][i * 16 + jj] += xv * (float)((w >> (4 * i)) & 15u);
-                }
-            }
-        }
-        for (int jj = 0; jj < nw; jj++)
-            for (int i = 0; i < 8; i++) {
-                zf[i * 16 + jj] = (float)((qz[gi * W + j0 + jj] >> (4 * i)) & 15u);
-                sf[i * 16 + jj] = awq_fp16_to_fp32(sc[gi * N + 8 * (j0 + jj) + AWQ_P[i]]);
-            }
+/* Bytes of qweight per segment: the block swept tile by tile must stay in L2 (2 MB here). */
+#define W4_BLOCK_BYTES (512 << 10)
+
+typedef struct {
+    const char *p, *end; /* next line to prefetch, end of this thread's rows */
+} w4_prefetch;
+
+typedef void (*w4_gemv_tile_fn)(int R, const float *x, int64_t K, const float *xs,
+                                const uint32_t *qw, const uint32_t *qz, const uint16_t *sc,
+                                int64_t N, int64_t gi, int64_t k0, int64_t k1, int64_t j0, int nw,
+                                float *o, int64_t ldo, w4_prefetch *pf);
+
+static void w4_gemv_tile_generic(int R, const float *x, int64_t K, const float *xs,
+                                 const uint32_t *qw, const uint32_t *qz, const uint16_t *sc,
+                                 int64_t N, int64_t gi, int64_t k0, int64_t k1, int64_t j0, int nw,
+                                 float *o, int64_t ldo, w4_prefetch *pf) {
+    (void)pf;
+    const int64_t W = N / 8;
+    float acc[3][128];
+    memset(acc, 0, sizeof acc);
+    for (int64_t k = k0; k < k1; k++) {
+        const uint32_t *q = qw + k * W + j0;
         for (int r = 0; r < R; r++) {
-            const float sx = xsum[r * G + gi];
-            for (int i = 0; i < 8; i++)
-                for (int jj = 0; jj < nw; jj++) {
-                    const int t = i * 16 + jj;
-                    out[r][t] += sf[t] * (acc[r][t] - zf[t] * sx);
-                }
+            const float xv = x[r * K + k];
+            for (int jj = 0; jj < nw; jj++) {
+                const uint32_t w = q[jj];
+                for (int i = 0; i < 8; i++) acc[r][i * 16 + jj] += xv * (float)((w >> (4 * i)) & 15u);
+            }
         }
     }
-    for (int r = 0; r < R; r++)
-        for (int i = 0; i < 8; i++)
-            for (int jj = 0; jj < nw; jj++) {
-                const int64_t n = 8 * (j0 + jj) + AWQ_P[i];
-                y[r * N + n] = out[r][i * 16 + jj] + (bias ? bias[n] : 0.0f);
-            }
+    for (int jj = 0; jj < nw; jj++) {
+        const uint32_t zw = qz[gi * W + j0 + jj];
+        for (int i = 0; i < 8; i++) {
+            const float zf = (float)((zw >> (4 * i)) & 15u);
+            const float sf = awq_fp16_to_fp32(sc[gi * N + 8 * (j0 + jj) + AWQ_P[i]]);
+            for (int r = 0; r < R; r++) o[r * ldo + i * 16 + jj] += sf * (acc[r][i * 16 + jj] - zf * xs[r]);
+        }
+    }
 }
 
-/* ================================================================ W4A16 GEMV: AVX2 */
 #ifdef AWQ_X86_KERNELS
-
-/* One pass over words [j0, j0 + nw) (nw <= 8: 64 columns) for R rows; shift, mask, convert. */
+/* AVX2: a tile is 8 words (64 columns); nibbles by shift, mask and convert. */
 TARGET_AVX2 static ALWAYS_INLINE void
-w4_gemv_tile_avx2_r(const int R, const float *x, const float *xsum, const uint32_t *qw,
-                    const uint32_t *qz, const uint16_t *sc, const float *bias, float *y, int64_t K,
-                    int64_t N, int64_t g, int64_t j0, int nw) {
-    const int64_t W = N / 8, G = K / g;
+w4_gemv_tile_avx2_r(const int R, const float *x, int64_t K, const float *xs, const uint32_t *qw,
+                    const uint32_t *qz, const uint16_t *sc, int64_t N, int64_t gi, int64_t k0,
+                    int64_t k1, int64_t j0, int nw, float *o, int64_t ldo, w4_prefetch *pf) {
+    const int64_t W = N / 8;
     const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     const __m256i wmask = _mm256_cmpgt_epi32(_mm256_set1_epi32(nw), lanes);
     const __m256i m15 = _mm256_set1_epi32(15);
-    float out[3][8][8] __attribute__((aligned(32)));
-    memset(out, 0, sizeof out);
-    for (int64_t gi = 0; gi < G; gi++) {
-        __m256 acc[3][8];
-        for (int r = 0; r < R; r++)
-            for (int i = 0; i < 8; i++) acc[r][i] = _mm256_setzero_ps();
-        const uint32_t *q = qw + gi * g * W + j0;
-        const float *xk = x + gi * g;
-        for (int64_t kk = 0; kk < g; kk++, q += W) {
-            const __m256i w = _mm256_maskload_epi32((const int *)q, wmask);
-            __m256 xb[3];
-            for (int r = 0; r < R; r++) xb[r] = _mm256_broadcast_ss(xk + r * K + kk);
-#pragma GCC unroll 8
-            for (int i = 0; i < 8; i++) {
-                const __m256 v =
-                    _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(w, 4 * i), m15));
-                for (int r = 0; r < R; r++) acc[r][i] = _mm256_fmadd_ps(xb[r], v, acc[r][i]);
-            }
-        }
-        /* scales into accumulator order: s_acc[i][jj] = s[8(j0 + jj) + P[i]] */
-        uint16_t sperm[8][8] __attribute__((aligned(32)));
-        const uint16_t *s = sc + gi * N + 8 * j0;
-        for (int i = 0; i < 8; i++)
-            for (int jj = 0; jj < 8; jj++) sperm[i][jj] = jj < nw ? s[8 * jj + AWQ_P[i]] : 0;
-        const __m256i wz = _mm256_maskload_epi32((const int *)(qz + gi * W + j0), wmask);
-        for (int i = 0; i < 8; i++) {
-            const __m256 zf =
-                _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(wz, 4 * i), m15));
-            const __m256 sf = _mm256_cvtph_ps(_mm_load_si128((const __m128i *)sperm[i]));
-            for (int r = 0; r < R; r++) {
-                const __m256 sx = _mm256_set1_ps(xsum[r * G + gi]);
-                const __m256 d = _mm256_fnmadd_ps(zf, sx, acc[r][i]);
-                _mm256_store_ps(out[r][i],
-                                _mm256_fmadd_ps(sf, d, _mm256_load_ps(out[r][i])));
-            }
-        }
-    }
+    __m256 acc[3][8];
     for (int r = 0; r < R; r++)
-        for (int i = 0; i < 8; i++)
-            for (int jj = 0; jj < nw; jj++) {
-                const int64_t n = 8 * (j0 + jj) + AWQ_P[i];
-                y[r * N + n] = out[r][i][jj] + (bias ? bias[n] : 0.0f);
-            }
-}
-
-TARGET_AVX2 static void w4_gemv_tile_avx2(int R, const float *x, const float *xsum,
-                                          const uint32_t *qw, const uint32_t *qz,
-                                          const uint16_t *sc, const float *bias, float *y,
-                                          int64_t K, int64_t N, int64_t g, int64_t j0, int nw) {
-    switch (R) {
-    case 1: w4_gemv_tile_avx2_r(1, x, xsum, qw, qz, sc, bias, y, K, N, g, j0, nw); break;
-    case 2: w4_gemv_tile_avx2_r(2, x, xsum, qw, qz, sc, bias, y, K, N, g, j0, nw); break;
-    default: w4_gemv_tile_avx2_r(3, x, xsum, qw, qz, sc, bias, y, K, N, g, j0, nw); break;
+        for (int i = 0; i < 8; i++) acc[r][i] = _mm256_setzero_ps();
+    const uint32_t *q = qw + k0 * W + j0;
+    for (int64_t k = k0; k < k1; k++, q += W) {
+        if (pf && pf->p < pf->end) {
+            _mm_prefetch(pf->p, _MM_HINT_T1);
+            pf->p += 32;
+        }
+        const __m256i w = _mm256_maskload_epi32((const int *)q, wmask);
+        __m256 xb[3];
+        for (int r = 0; r < R; r++) xb[r] = _mm256_broadcast_ss(x + r * K + k);
+#pragma GCC unroll 8
+        for (int i = 0; i < 8; i++) {
+            const __m256 v = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(w, 4 * i), m15));
+            for (int r = 0; r < R; r++) acc[r][i] = _mm256_fmadd_ps(xb[r], v, acc[r][i]);
+        }
+    }
+    /* scales into accumulator order: sperm[i][jj] = s[8 (j0 + jj) + P[i]] */
+    uint16_t sperm[8][8] __attribute__((aligned(32)));
+    const uint16_t *s = sc + gi * N + 8 * j0;
+    for (int i = 0; i < 8; i++)
+        for (int jj = 0; jj < 8; jj++) sperm[i][jj] = jj < nw ? s[8 * jj + AWQ_P[i]] : 0;
+    const __m256i wz = _mm256_maskload_epi32((const int *)(qz + gi * W + j0), wmask);
+    for (int i = 0; i < 8; i++) {
+        const __m256 zf = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(wz, 4 * i), m15));
+        const __m256 sf = _mm256_cvtph_ps(_mm_load_si128((const __m128i *)sperm[i]));
+        for (int r = 0; r < R; r++) {
+            float *op = o + r * ldo + i * 8;
+            const __m256 d = _mm256_fnmadd_ps(zf, _mm256_set1_ps(xs[r]), acc[r][i]);
+            _mm256_storeu_ps(op, _mm256_fmadd_ps(sf, d, _mm256_loadu_ps(op)));
+        }
     }
 }
 
-/* ================================================================ W4A16 GEMV: AVX-512 */
+TARGET_AVX2 static void w4_gemv_tile_avx2(int R, const float *x, int64_t K, const float *xs,
+                                          const uint32_t *qw, const uint32_t *qz,
+                                          const uint16_t *sc, int64_t N, int64_t gi, int64_t k0,
+                                          int64_t k1, int64_t j0, int nw, float *o, int64_t ldo,
+                                          w4_prefetch *pf) {
+    switch (R) {
+    case 1: w4_gemv_tile_avx2_r(1, x, K, xs, qw, qz, sc, N, gi, k0, k1, j0, nw, o, ldo, pf); break;
+    case 2: w4_gemv_tile_avx2_r(2, x, K, xs, qw, qz, sc, N, gi, k0, k1, j0, nw, o, ldo, pf); break;
+    default: w4_gemv_tile_avx2_r(3, x, K, xs, qw, qz, sc, N, gi, k0, k1, j0, nw, o, ldo, pf); break;
+    }
+}
 
-/* How far ahead (in k rows) the GEMV prefetches its tile: the rows of a tile are W words apart,
- * a stride the hardware streamers follow poorly, so the next rows are asked for explicitly. */
-#define W4_PREFETCH_ROWS 12
-
-/* One pass over words [j0, j0 + nw) (nw <= 16: 128 columns) for R rows of x. */
+/* AVX-512: a tile is 16 words (128 columns). */
 TARGET_AVX512 static ALWAYS_INLINE void
-w4_gemv_tile_avx512_r(const int R, const float *x, const float *xsum, const uint32_t *qw,
-                      const uint32_t *qz, const uint16_t *sc, const float *bias, float *y,
-                      int64_t K, int64_t N, int64_t g, int64_t j0, int nw) {
-    const int64_t W = N / 8, G = K / g;
+w4_gemv_tile_avx512_r(const int R, const float *x, int64_t K, const float *xs, const uint32_t *qw,
+                      const uint32_t *qz, const uint16_t *sc, int64_t N, int64_t gi, int64_t k0,
+                      int64_t k1, int64_t j0, int nw, float *o, int64_t ldo, w4_prefetch *pf) {
+    const int64_t W = N / 8;
     const __mmask16 mw = (__mmask16)((1u << nw) - 1u);
     /* vpermps reads only the low 4 bits of each index lane: a 16-entry table turns the nibble in
      * bits 0..3 into its float value, whatever the higher nibbles hold (no mask, no convert). */
     const __m512 tbl = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    /* Scale permutation: sp[p] lanes 0..15 hold nibble 2p, lanes 16..31 nibble 2p + 1, lane jj
-     * being word j0 + jj. Source half index 8 jj + P[i]; taken modulo 64 from (s0, s1) for jj < 8
-     * and from (s2, s3) for jj >= 8, then blended, so one index vector serves both halves. */
-    __m512i sidx[4];
+    __m512 acc[3][8];
+    for (int r = 0; r < R; r++)
+        for (int i = 0; i < 8; i++) acc[r][i] = _mm512_setzero_ps();
+    const uint32_t *q = qw + k0 * W + j0;
+    for (int64_t k = k0; k < k1; k++, q += W) {
+        if (pf && pf->p < pf->end) {
+            _mm_prefetch(pf->p, _MM_HINT_T1);
+            pf->p += 64;
+        }
+        const __m512i w = _mm512_maskz_loadu_epi32(mw, q);
+        __m512 xb[3];
+        for (int r = 0; r < R; r++) xb[r] = _mm512_set1_ps(x[r * K + k]);
+#pragma GCC unroll 8
+        for (int i = 0; i < 8; i++) {
+            const __m512 v = _mm512_permutexvar_ps(i ? _mm512_srli_epi32(w, 4 * i) : w, tbl);
+            for (int r = 0; r < R; r++) acc[r][i] = _mm512_fmadd_ps(xb[r], v, acc[r][i]);
+        }
+    }
+    /* Scales into accumulator order: sp[p] lanes 0..15 hold nibble 2p, lanes 16..31 nibble
+     * 2p + 1, lane jj being word j0 + jj, i.e. half 8 jj + P[i] of the tile's 128. It is taken
+     * modulo 64 from (s0, s1) for jj < 8 and from (s2, s3) for jj >= 8 and the two blended, so one
+     * index vector serves both. */
+    const uint16_t *s = sc + gi * N + 8 * j0;
+    __m512i sv[4];
+    for (int c = 0; c < 4; c++) {
+        int nh = 8 * nw - 32 * c; /* halves of this 32-half chunk inside the tile */
+        nh = nh < 0 ? 0 : nh > 32 ? 32 : nh;
+        const __mmask32 mh = nh == 32 ? (__mmask32)0xFFFFFFFFu : (__mmask32)((1u << nh) - 1u);
+        sv[c] = _mm512_maskz_loadu_epi16(mh, s + 32 * c);
+    }
+    const __m512i wz = _mm512_maskz_loadu_epi32(mw, qz + gi * W + j0);
+    __m512 sx[3];
+    for (int r = 0; r < R; r++) sx[r] = _mm512_set1_ps(xs[r]);
+#pragma GCC unroll 4
     for (int p = 0; p < 4; p++) {
         uint16_t ix[32];
         for (int l = 0; l < 32; l++) ix[l] = (uint16_t)(8 * (l & 7) + AWQ_P[2 * p + (l >> 4)]);
-        sidx[p] = _mm512_loadu_si512(ix);
-    }
-    /* halves of scales present in each 32-half chunk of the tile (8 per word) */
-    __mmask32 smask[4];
-    for (int c = 0; c < 4; c++) {
-        int nh = 8 * nw - 32 * c;
-        nh = nh < 0 ? 0 : nh > 32 ? 32 : nh;
-        smask[c] = nh == 32 ? (__mmask32)0xFFFFFFFFu : (__mmask32)((1u << nh) - 1u);
-    }
-    __m512 out[3][8];
-    for (int r = 0; r < R; r++)
-        for (int i = 0; i < 8; i++) out[r][i] = _mm512_setzero_ps();
-
-    for (int64_t gi = 0; gi < G; gi++) {
-        __m512 acc[3][8];
-        for (int r = 0; r < R; r++)
-            for (int i = 0; i < 8; i++) acc[r][i] = _mm512_setzero_ps();
-        const uint32_t *q = qw + gi * g * W + j0;
-        const float *xk = x + gi * g;
-        for (int64_t kk = 0; kk < g; kk++, q += W) {
-            _mm_prefetch((const char *)(q + W4_PREFETCH_ROWS * W), _MM_HINT_T0);
-            const __m512i w = _mm512_maskz_loadu_epi32(mw, q);
-            __m512 xb[3];
-            for (int r = 0; r < R; r++) xb[r] = _mm512_set1_ps(xk[r * K + kk]);
-#pragma GCC unroll 8
-            for (int i = 0; i < 8; i++) {
-                const __m512 v = _mm512_permutexvar_ps(i ? _mm512_srli_epi32(w, 4 * i) : w, tbl);
-                for (int r = 0; r < R; r++) acc[r][i] = _mm512_fmadd_ps(xb[r], v, acc[r][i]);
-            }
-        }
-        /* group end: out_i += s_i * (acc_i - z_i * sum_x) */
-        const uint16_t *s = sc + gi * N + 8 * j0;
-        const __m512i s0 = _mm512_maskz_loadu_epi16(smask[0], s);
-        const __m512i s1 = _mm512_maskz_loadu_epi16(smask[1], s + 32);
-        const __m512i s2 = _mm512_maskz_loadu_epi16(smask[2], s + 64);
-        const __m512i s3 = _mm512_maskz_loadu_epi16(smask[3], s + 96);
-        const __m512i wz = _mm512_maskz_loadu_epi32(mw, qz + gi * W + j0);
-        __m512 sx[3];
-        for (int r = 0; r < R; r++) sx[r] = _mm512_set1_ps(xsum[r * G + gi]);
-#pragma GCC unroll 4
-        for (int p = 0; p < 4; p++) {
-            const __m512i lo = _mm512_permutex2var_epi16(s0, sidx[p], s1);
-            const __m512i hi = _mm512_permutex2var_epi16(s2, sidx[p], s3);
-            const __m512i sp = _mm512_mask_blend_epi16((__mmask32)0xFF00FF00u, lo, hi);
-            for (int h = 0; h < 2; h++) {
-                const int i = 2 * p + h;
-                const __m512 sf = _mm512_cvtph_ps(h ? _mm512_extracti64x4_epi64(sp, 1)
-                                                    : _mm512_castsi512_si256(sp));
-                const __m512 zf =
-                    _mm512_permutexvar_ps(i ? _mm512_srli_epi32(wz, 4 * i) : wz, tbl);
-                for (int r = 0; r < R; r++)
-                    out[r][i] =
-                        _mm512_fmadd_ps(sf, _mm512_fnmadd_ps(zf, sx[r], acc[r][i]), out[r][i]);
+        const __m512i sidx = _mm512_loadu_si512(ix);
+        const __m512i lo = _mm512_permutex2var_epi16(sv[0], sidx, sv[1]);
+        const __m512i hi = _mm512_permutex2var_epi16(sv[2], sidx, sv[3]);
+        const __m512i sp = _mm512_mask_blend_epi16((__mmask32)0xFF00FF00u, lo, hi);
+        for (int h = 0; h < 2; h++) {
+            const int i = 2 * p + h;
+            const __m512 sf =
+                _mm512_cvtph_ps(h ? _mm512_extracti64x4_epi64(sp, 1) : _mm512_castsi512_si256(sp));
+            const __m512 zf = _mm512_permutexvar_ps(i ? _mm512_srli_epi32(wz, 4 * i) : wz, tbl);
+            for (int r = 0; r < R; r++) {
+                float *op = o + r * ldo + i * 16;
+                const __m512 d = _mm512_fnmadd_ps(zf, sx[r], acc[r][i]);
+                _mm512_storeu_ps(op, _mm512_fmadd_ps(sf, d, _mm512_loadu_ps(op)));
             }
         }
     }
-    float tmp[16] __attribute__((aligned(64)));
-    for (int r = 0; r < R; r++)
-        for (int i = 0; i < 8; i++) {
-            _mm512_store_ps(tmp, out[r][i]);
-            for (int jj = 0; jj < nw; jj++) {
-                const int64_t n = 8 * (j0 + jj) + AWQ_P[i];
-                y[r * N + n] = tmp[jj] + (bias ? bias[n] : 0.0f);
-            }
-        }
 }
 
-TARGET_AVX512 static void w4_gemv_tile_avx512(int R, const float *x, const float *xsum,
+TARGET_AVX512 static void w4_gemv_tile_avx512(int R, const float *x, int64_t K, const float *xs,
                                               const uint32_t *qw, const uint32_t *qz,
-                                              const uint16_t *sc, const float *bias, float *y,
-                                              int64_t K, int64_t N, int64_t g, int64_t j0,
-                                              int nw) {
+                                              const uint16_t *sc, int64_t N, int64_t gi,
+                                              int64_t k0, int64_t k1, int64_t j0, int nw, float *o,
+                                              int64_t ldo, w4_prefetch *pf) {
     switch (R) {
-    case 1: w4_gemv_tile_avx512_r(1, x, xsum, qw, qz, sc, bias, y, K, N, g, j0, nw); break;
-    case 2: w4_gemv_tile_avx512_r(2, x, xsum, qw, qz, sc, bias, y, K, N, g, j0, nw); break;
-    default: w4_gemv_tile_avx512_r(3, x, xsum, qw, qz, sc, bias, y, K, N, g, j0, nw); break;
+    case 1: w4_gemv_tile_avx512_r(1, x, K, xs, qw, qz, sc, N, gi, k0, k1, j0, nw, o, ldo, pf); break;
+    case 2: w4_gemv_tile_avx512_r(2, x, K, xs, qw, qz, sc, N, gi, k0, k1, j0, nw, o, ldo, pf); break;
+    default: w4_gemv_tile_avx512_r(3, x, K, xs, qw, qz, sc, N, gi, k0, k1, j0, nw, o, ldo, pf); break;
     }
 }
 #endif /* AWQ_X86_KERNELS */
 
-typedef void (*w4_gemv_tile_fn)(int R, const float *x, const float *xsum, const uint32_t *qw,
-                                const uint32_t *qz, const uint16_t *sc, const float *bias, float *y,
-                                int64_t K, int64_t N, int64_t g, int64_t j0, int nw);
-
 /* Words per tile of each GEMV kernel (one vector of words). */
-static int w4_tile_words(awq_isa isa) {
-    return isa == AWQ_ISA_AVX512 ? 16 : isa == AWQ_ISA_AVX2 ? 8 : 16;
-}
+static int w4_tile_words(awq_isa isa) { return isa == AWQ_ISA_AVX2 ? 8 : 16; }
 
 static w4_gemv_tile_fn w4_gemv_kernel(awq_isa isa) {
 #ifdef AWQ_X86_KERNELS
@@ -367,165 +324,304 @@ static w4_gemv_tile_fn w4_gemv_kernel(awq_isa isa) {
     return w4_gemv_tile_generic;
 }
 
-/* Rows of x per pass (the kernels hold 8 accumulators a row: 3 rows fill the 32 zmm registers). */
+/* Rows of x per pass: 8 accumulators a row, so 3 rows fill the 32 zmm registers. */
 #define W4_GEMV_ROWS 3
 
 static int w4_gemv(awq_isa isa, const float *x, const uint32_t *qw, const uint32_t *qz,
                    const uint16_t *sc, const float *bias, float *y, int64_t M, int64_t K,
                    int64_t N, int64_t g, awq_err *err) {
-    const int64_t W = N / 8, G = K / g;
-    float *xsum = malloc((size_t)(M * G) * sizeof(float));
-    if (!xsum) return awq_set_err(err, AWQ_ERR_NOMEM, "w4a16_matmul: out of memory");
-    group_sums(x, xsum, M, K, g);
-    const w4_gemv_tile_fn tile = w4_gemv_kernel(isa);
+    const int64_t W = N / 8;
     const int tw = w4_tile_words(isa);
-    /* Each thread takes one contiguous run of words (balanced to the word), cut into tiles. */
-#pragma omp parallel num_threads(nthreads_for(K * N))
+    const int64_t ntiles = (W + tw - 1) / tw, ldo = ntiles * 8 * tw;
+    const w4_gemv_tile_fn tile = w4_gemv_kernel(isa);
+    const int T = nthreads_for(K * N);
+    /* partial outputs in accumulator order: [T][M][ldo] */
+    float *part = calloc((size_t)(T * M * ldo), sizeof(float));
+    if (!part) return awq_set_err(err, AWQ_ERR_NOMEM, "w4a16_matmul: out of memory");
+    int64_t seg_rows = W4_BLOCK_BYTES / (W * 4);
+    if (seg_rows < 4) seg_rows = 4;
+#pragma omp parallel num_threads(T)
     {
-        const int t = omp_tid(), T = omp_nth();
-        const int64_t wa = W * t / T, wb = W * (t + 1) / T;
-        for (int64_t j0 = wa; j0 < wb; j0 += tw) {
-            const int nw = (int)(wb - j0 < tw ? wb - j0 : tw);
-            for (int64_t m0 = 0; m0 < M; m0 += W4_GEMV_ROWS) {
-                const int R = (int)(M - m0 < W4_GEMV_ROWS ? M - m0 : W4_GEMV_ROWS);
-                tile(R, x + m0 * K, xsum + m0 * G, qw, qz, sc, bias, y + m0 * N, K, N, g, j0, nw);
+        const int t = omp_tid(), nt = omp_nth();
+        float *o = part + (int64_t)t * M * ldo;
+        const int64_t ka = K * t / nt, kb = K * (t + 1) / nt;
+        for (int64_t k0 = ka; k0 < kb;) {
+            const int64_t gi = k0 / g;
+            int64_t k1 = (gi + 1) * g;
+            if (k1 > kb) k1 = kb;
+            if (k1 > k0 + seg_rows) k1 = k0 + seg_rows;
+            float xs[W4A16_GEMV_MAX_M];
+            for (int64_t m = 0; m < M; m++) {
+                float s = 0.0f;
+                for (int64_t k = k0; k < k1; k++) s += x[m * K + k];
+                xs[m] = s;
             }
+            w4_prefetch pf = {(const char *)(qw + k1 * W), (const char *)(qw + kb * W)};
+            for (int64_t j0 = 0; j0 < W; j0 += tw) {
+                const int nw = (int)(W - j0 < tw ? W - j0 : tw);
+                for (int64_t m0 = 0; m0 < M; m0 += W4_GEMV_ROWS) {
+                    const int R = (int)(M - m0 < W4_GEMV_ROWS ? M - m0 : W4_GEMV_ROWS);
+                    tile(R, x + m0 * K, K, xs + m0, qw, qz, sc, N, gi, k0, k1, j0, nw,
+                         o + m0 * ldo + 8 * j0, ldo, m0 == 0 ? &pf : NULL);
+                }
+            }
+            k0 = k1;
+        }
+#pragma omp barrier
+        /* sum the partials, back to natural column order, + bias; tiles split over threads */
+        for (int64_t ti = ntiles * t / nt; ti < ntiles * (t + 1) / nt; ti++) {
+            const int64_t j0 = ti * tw;
+            const int nw = (int)(W - j0 < tw ? W - j0 : tw);
+            for (int64_t m = 0; m < M; m++)
+                for (int i = 0; i < 8; i++)
+                    for (int jj = 0; jj < nw; jj++) {
+                        const int64_t n = 8 * (j0 + jj) + AWQ_P[i], at = m * ldo + 8 * j0 + i * tw + jj;
+                        float v = bias ? bias[n] : 0.0f;
+                        for (int u = 0; u < nt; u++) v += part[(int64_t)u * M * ldo + at];
+                        y[m * N + n] = v;
+                    }
         }
     }
-    free(xsum);
+    free(part);
     return AWQ_OK;
 }
 
-/* ================================================================ W4A16 large M: decode + GEMM */
+/* ================================================================ packed GEMM (large M)
+ *
+ * y[M, N] = x[M, K] @ B[K, N] where B is never held whole: each thread owns a run of panels of 48
+ * columns and, per K block of KC rows, packs PCH panels at a time (W4A16: decode nibbles, apply
+ * scale and zero; fp16: convert) into bp[KC][48] buffers that stay in L2, then sweeps all rows of x
+ * over them with an MR x 48 register-blocked micro-kernel. One OpenMP region, no nested BLAS
+ * threading (OpenBLAS's pthreads build refuses to run inside an OpenMP region).
+ */
+#define GEMM_MR 8
+#define GEMM_NR 48
+#define GEMM_KC 256
+#define GEMM_PCH 8
 
-/* Decodes columns [8 j0, 8 (j0 + nwb)) of W, rows [0, K), into t[K, 8 nwb] (natural column
- * order, scale and zero applied: t = q * s - z * s). zs, sf: scratch of 8 nwb floats. */
-static void w4_decode_tile_generic(const uint32_t *qw, const uint32_t *qz, const uint16_t *sc,
-                                   int64_t K, int64_t N, int64_t g, int64_t j0, int64_t nwb,
-                                   float *t, float *sf, float *zs) {
-    const int64_t W = N / 8, G = K / g, nb = 8 * nwb;
-    for (int64_t gi = 0; gi < G; gi++) {
-        for (int64_t c = 0; c < nb; c++) {
-            const uint32_t zw = qz[gi * W + j0 + c / 8];
-            sf[c] = awq_fp16_to_fp32(sc[gi * N + 8 * j0 + c]);
-            zs[c] = (float)((zw >> (4 * AWQ_R[c % 8])) & 15u) * sf[c];
-        }
-        for (int64_t k = gi * g; k < (gi + 1) * g; k++) {
-            const uint32_t *q = qw + k * W + j0;
-            float *tr = t + k * nb;
-            for (int64_t jj = 0; jj < nwb; jj++) {
-                const uint32_t w = q[jj];
-                for (int c = 0; c < 8; c++)
-                    tr[8 * jj + c] =
-                        (float)((w >> (4 * AWQ_R[c])) & 15u) * sf[8 * jj + c] - zs[8 * jj + c];
-            }
+/* Packs rows [k0, k0 + kc) of columns [c0, c0 + nc) (nc <= 48) of B into bp[kc][48], zero-filling
+ * columns nc..47. scratch: at least GEMM_KC + 64 floats. */
+typedef void (*gemm_pack_fn)(const void *src, int64_t k0, int64_t kc, int64_t c0, int nc,
+                             float *bp, float *scratch);
+
+/* c[r, 0:nc] (+)= a[r, 0:kc] @ bp[kc][48] for r < mr; plain C that compilers vectorise. */
+static ALWAYS_INLINE void ukr_c(int mr, int64_t kc, const float *a, int64_t lda, const float *bp,
+                                float *c, int64_t ldc, int nc, int accumulate) {
+    float acc[GEMM_MR][GEMM_NR];
+    memset(acc, 0, sizeof acc);
+    for (int64_t k = 0; k < kc; k++) {
+        const float *b = bp + k * GEMM_NR;
+        for (int r = 0; r < mr; r++) {
+            const float av = a[r * lda + k];
+            for (int j = 0; j < GEMM_NR; j++) acc[r][j] += av * b[j];
         }
     }
+    for (int r = 0; r < mr; r++)
+        for (int j = 0; j < nc; j++) c[r * ldc + j] = acc[r][j] + (accumulate ? c[r * ldc + j] : 0.0f);
+}
+
+static void ukr_generic(int mr, int64_t kc, const float *a, int64_t lda, const float *bp, float *c,
+                        int64_t ldc, int nc, int accumulate) {
+    ukr_c(mr, kc, a, lda, bp, c, ldc, nc, accumulate);
 }
 
 #ifdef AWQ_X86_KERNELS
-TARGET_AVX512 static void w4_decode_tile_avx512(const uint32_t *qw, const uint32_t *qz,
-                                                const uint16_t *sc, int64_t K, int64_t N,
-                                                int64_t g, int64_t j0, int64_t nwb, float *t,
-                                                float *sf, float *zs) {
-    const int64_t W = N / 8, G = K / g, nb = 8 * nwb;
-    /* 16 output columns come from 2 words: word p of the pair is replicated over 8 lanes, and
-     * lane c shifts right by 4 R[c] to bring column c's nibble to bits 0..3. */
-    const __m512i shifts = _mm512_setr_epi32(0, 16, 4, 20, 8, 24, 12, 28, 0, 16, 4, 20, 8, 24, 12, 28);
-    const __m512i m15 = _mm512_set1_epi32(15);
-    __m512i pidx[8];
-    for (int p = 0; p < 8; p++)
-        pidx[p] = _mm512_setr_epi32(2 * p, 2 * p, 2 * p, 2 * p, 2 * p, 2 * p, 2 * p, 2 * p,
-                                    2 * p + 1, 2 * p + 1, 2 * p + 1, 2 * p + 1, 2 * p + 1,
-                                    2 * p + 1, 2 * p + 1, 2 * p + 1);
-    for (int64_t gi = 0; gi < G; gi++) {
-        /* fp32 scales and z * s of this group, natural order */
-        for (int64_t c0 = 0; c0 < nb; c0 += 16) {
-            const int nc = (int)(nb - c0 < 16 ? nb - c0 : 16);
-            const __mmask16 mc = (__mmask16)((1u << nc) - 1u);
-            const __m512 s =
-                _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mc, sc + gi * N + 8 * j0 + c0));
-            const __m512i zw = _mm512_maskz_loadu_epi32((__mmask16)(nc == 16 ? 3 : 1),
-                                                        qz + gi * W + j0 + c0 / 8);
-            const __m512 z = _mm512_cvtepi32_ps(
-                _mm512_and_si512(_mm512_srlv_epi32(_mm512_permutexvar_epi32(pidx[0], zw), shifts), m15));
-            _mm512_mask_storeu_ps(sf + c0, mc, s);
-            _mm512_mask_storeu_ps(zs + c0, mc, _mm512_mul_ps(z, s));
+TARGET_AVX2 static void ukr_avx2(int mr, int64_t kc, const float *a, int64_t lda, const float *bp,
+                                 float *c, int64_t ldc, int nc, int accumulate) {
+    ukr_c(mr, kc, a, lda, bp, c, ldc, nc, accumulate);
+}
+
+/* MR x 48: 24 accumulators, 3 vector loads of B and MR broadcasts of x per k. */
+TARGET_AVX512 static ALWAYS_INLINE void ukr_avx512_r(const int MR, int64_t kc, const float *a,
+                                                     int64_t lda, const float *bp, float *c,
+                                                     int64_t ldc, int nc, int accumulate) {
+    __m512 acc[GEMM_MR][3];
+    for (int r = 0; r < MR; r++)
+        for (int v = 0; v < 3; v++) acc[r][v] = _mm512_setzero_ps();
+    for (int64_t k = 0; k < kc; k++) {
+        const float *b = bp + k * GEMM_NR;
+        const __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16), b2 = _mm512_load_ps(b + 32);
+        for (int r = 0; r < MR; r++) {
+            const __m512 av = _mm512_set1_ps(a[r * lda + k]);
+            acc[r][0] = _mm512_fmadd_ps(av, b0, acc[r][0]);
+            acc[r][1] = _mm512_fmadd_ps(av, b1, acc[r][1]);
+            acc[r][2] = _mm512_fmadd_ps(av, b2, acc[r][2]);
         }
-        for (int64_t k = gi * g; k < (gi + 1) * g; k++) {
-            const uint32_t *q = qw + k * W + j0;
-            float *tr = t + k * nb;
-            for (int64_t jj = 0; jj < nwb; jj += 16) {
-                const int nw = (int)(nwb - jj < 16 ? nwb - jj : 16);
-                const __m512i w = _mm512_maskz_loadu_epi32((__mmask16)((1u << nw) - 1u), q + jj);
-                for (int p = 0; 2 * p < nw; p++) {
-                    const int64_t c = 8 * jj + 16 * p;
-                    const __m512 qf = _mm512_cvtepi32_ps(_mm512_and_si512(
-                        _mm512_srlv_epi32(_mm512_permutexvar_epi32(pidx[p], w), shifts), m15));
-                    const __m512 v =
-                        _mm512_fmsub_ps(qf, _mm512_loadu_ps(sf + c), _mm512_loadu_ps(zs + c));
-                    if (2 * p + 1 < nw)
-                        _mm512_storeu_ps(tr + c, v);
-                    else
-                        _mm512_mask_storeu_ps(tr + c, (__mmask16)0xFF, v);
-                }
-            }
+    }
+    __mmask16 mv[3];
+    for (int v = 0; v < 3; v++) {
+        const int n = nc - 16 * v;
+        mv[v] = n >= 16 ? (__mmask16)0xFFFF : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1u);
+    }
+    for (int r = 0; r < MR; r++)
+        for (int v = 0; v < 3; v++) {
+            float *cp = c + r * ldc + 16 * v;
+            __m512 t = acc[r][v];
+            if (accumulate) t = _mm512_add_ps(t, _mm512_maskz_loadu_ps(mv[v], cp));
+            _mm512_mask_storeu_ps(cp, mv[v], t);
         }
+}
+
+TARGET_AVX512 static void ukr_avx512(int mr, int64_t kc, const float *a, int64_t lda,
+                                     const float *bp, float *c, int64_t ldc, int nc, int accumulate) {
+    switch (mr) {
+    case 1: ukr_avx512_r(1, kc, a, lda, bp, c, ldc, nc, accumulate); break;
+    case 2: ukr_avx512_r(2, kc, a, lda, bp, c, ldc, nc, accumulate); break;
+    case 3: ukr_avx512_r(3, kc, a, lda, bp, c, ldc, nc, accumulate); break;
+    case 4: ukr_avx512_r(4, kc, a, lda, bp, c, ldc, nc, accumulate); break;
+    case 5: ukr_avx512_r(5, kc, a, lda, bp, c, ldc, nc, accumulate); break;
+    case 6: ukr_avx512_r(6, kc, a, lda, bp, c, ldc, nc, accumulate); break;
+    case 7: ukr_avx512_r(7, kc, a, lda, bp, c, ldc, nc, accumulate); break;
+    default: ukr_avx512_r(8, kc, a, lda, bp, c, ldc, nc, accumulate); break;
     }
 }
 #endif
 
-/* Columns per decoded tile. Wide tiles keep the GEMM's per-call packing of x small next to its
- * multiply-adds (packing x once costs about 16/nb of the product); the tile is K * nb floats. */
-#define W4_TILE_COLS 256
+typedef void (*gemm_ukr_fn)(int mr, int64_t kc, const float *a, int64_t lda, const float *bp,
+                            float *c, int64_t ldc, int nc, int accumulate);
 
-static int w4_gemm(awq_isa isa, const float *x, const uint32_t *qw, const uint32_t *qz,
-                   const uint16_t *sc, const float *bias, float *y, int64_t M, int64_t K,
-                   int64_t N, int64_t g, awq_err *err) {
-    const int64_t W = N / 8, tw = W4_TILE_COLS / 8;
-    const int64_t ntiles = (W + tw - 1) / tw;
-    int status = AWQ_OK;
-    awq_err terr = {{0}};
+static int gemm_packed(awq_isa isa, const char *who, const float *x, const float *bias, float *y,
+                       int64_t M, int64_t K, int64_t N, gemm_pack_fn pack, const void *src,
+                       awq_err *err) {
+    gemm_ukr_fn ukr = ukr_generic;
+#ifdef AWQ_X86_KERNELS
+    if (isa == AWQ_ISA_AVX512) ukr = ukr_avx512;
+    else if (isa == AWQ_ISA_AVX2) ukr = ukr_avx2;
+#endif
+    const int64_t npanels = (N + GEMM_NR - 1) / GEMM_NR;
+    int failed = 0;
 #pragma omp parallel
     {
-        float *t = aligned_alloc(64, (size_t)(K * 8 * tw + 16) * sizeof(float));
-        float *buf = aligned_alloc(64, (size_t)(2 * 8 * tw + 32) * sizeof(float));
-        int ok = t && buf;
-        if (!ok) {
-#pragma omp critical(awq_w4_gemm_err)
-            status = awq_set_err(&terr, AWQ_ERR_NOMEM, "w4a16_matmul: out of memory for a tile");
-        }
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t b = 0; b < ntiles; b++) {
-            if (!ok) continue;
-            const int64_t j0 = b * tw, nwb = W - j0 < tw ? W - j0 : tw, nb = 8 * nwb;
-#ifdef AWQ_X86_KERNELS
-            if (isa == AWQ_ISA_AVX512)
-                w4_decode_tile_avx512(qw, qz, sc, K, N, g, j0, nwb, t, buf, buf + 8 * tw + 16);
-            else
-#endif
-                w4_decode_tile_generic(qw, qz, sc, K, N, g, j0, nwb, t, buf, buf + 8 * tw + 16);
-            awq_err e2 = {{0}};
-            int st = awq_sgemm_f32(0, x, K, t, nb, y + 8 * j0, N, M, nb, K, &e2);
-            if (st) {
-#pragma omp critical(awq_w4_gemm_err)
-                {
-                    status = st;
-                    terr = e2;
+        const int t = omp_tid(), nt = omp_nth();
+        const int64_t pa = npanels * t / nt, pb = npanels * (t + 1) / nt;
+        const size_t panel = (size_t)GEMM_KC * GEMM_NR;
+        float *bp = aligned_alloc(64, (GEMM_PCH * panel + GEMM_KC + 64) * sizeof(float));
+        if (!bp) {
+#pragma omp atomic write
+            failed = 1;
+        } else {
+            float *scratch = bp + GEMM_PCH * panel;
+            for (int64_t k0 = 0; k0 < K; k0 += GEMM_KC) {
+                const int64_t kc = K - k0 < GEMM_KC ? K - k0 : GEMM_KC;
+                for (int64_t p0 = pa; p0 < pb; p0 += GEMM_PCH) {
+                    const int64_t p1 = pb - p0 < GEMM_PCH ? pb : p0 + GEMM_PCH;
+                    for (int64_t p = p0; p < p1; p++) {
+                        const int64_t c0 = p * GEMM_NR;
+                        pack(src, k0, kc, c0, (int)(N - c0 < GEMM_NR ? N - c0 : GEMM_NR),
+                             bp + (p - p0) * panel, scratch);
+                    }
+                    for (int64_t m0 = 0; m0 < M; m0 += GEMM_MR) {
+                        const int mr = (int)(M - m0 < GEMM_MR ? M - m0 : GEMM_MR);
+                        for (int64_t p = p0; p < p1; p++) {
+                            const int64_t c0 = p * GEMM_NR;
+                            ukr(mr, kc, x + m0 * K + k0, K, bp + (p - p0) * panel, y + m0 * N + c0, N,
+                                (int)(N - c0 < GEMM_NR ? N - c0 : GEMM_NR), k0 > 0);
+                        }
+                    }
                 }
             }
             if (bias)
                 for (int64_t m = 0; m < M; m++)
-                    for (int64_t c = 0; c < nb; c++) y[m * N + 8 * j0 + c] += bias[8 * j0 + c];
+                    for (int64_t n = pa * GEMM_NR; n < pb * GEMM_NR && n < N; n++) y[m * N + n] += bias[n];
+            free(bp);
         }
-        free(t);
-        free(buf);
     }
-    if (status) {
-        *err = terr;
-        return status;
-    }
+    if (failed) return awq_set_err(err, AWQ_ERR_NOMEM, "%s: out of memory for packed panels", who);
     return AWQ_OK;
+}
+
+/* ================================================================ W4A16 large M: packing */
+
+typedef struct {
+    const uint32_t *qw, *qz; /* [K, W], [G, W] */
+    const uint16_t *sc;      /* [G, N] fp16 */
+    int64_t K, N, g;
+} w4_src;
+
+/* Decodes W[k0 : k0 + kc, c0 : c0 + nc] into bp[kc][48] (natural column order), q * s - z * s. */
+static void w4_pack_generic(const void *src, int64_t k0, int64_t kc, int64_t c0, int nc, float *bp,
+                            float *scratch) {
+    const w4_src *S = src;
+    const int64_t W = S->N / 8, j0 = c0 / 8;
+    float *sf = scratch, *zs = scratch + GEMM_NR;
+    int64_t gi = k0 / S->g, gend = -1; /* gend: first row past the loaded group */
+    for (int64_t k = k0; k < k0 + kc; k++) {
+        if (k >= gend) {
+            gi = k / S->g;
+            gend = (gi + 1) * S->g;
+            for (int c = 0; c < GEMM_NR; c++) {
+                if (c < nc) {
+                    const uint32_t zw = S->qz[gi * W + j0 + c / 8];
+                    sf[c] = awq_fp16_to_fp32(S->sc[gi * S->N + c0 + c]);
+                    zs[c] = (float)((zw >> (4 * AWQ_R[c % 8])) & 15u) * sf[c];
+                } else {
+                    sf[c] = zs[c] = 0.0f;
+                }
+            }
+        }
+        const uint32_t *q = S->qw + k * W + j0;
+        float *o = bp + (k - k0) * GEMM_NR;
+        for (int c = 0; c < GEMM_NR; c++)
+            o[c] = c < nc ? (float)((q[c / 8] >> (4 * AWQ_R[c % 8])) & 15u) * sf[c] - zs[c] : 0.0f;
+    }
+}
+
+#ifdef AWQ_X86_KERNELS
+TARGET_AVX512 static void w4_pack_avx512(const void *src, int64_t k0, int64_t kc, int64_t c0,
+                                         int nc, float *bp, float *scratch) {
+    (void)scratch;
+    const w4_src *S = src;
+    const int64_t W = S->N / 8, j0 = c0 / 8;
+    const int nw = nc / 8;
+    const __mmask16 mw = (__mmask16)((1u << nw) - 1u);
+    /* 16 columns come from 2 words: word v of the pair is replicated over 8 lanes, and lane c
+     * shifts right by 4 R[c] to bring column c's nibble to bits 0..3. */
+    const __m512i shifts =
+        _mm512_setr_epi32(0, 16, 4, 20, 8, 24, 12, 28, 0, 16, 4, 20, 8, 24, 12, 28);
+    const __m512i m15 = _mm512_set1_epi32(15);
+    __m512i pidx[3];
+    for (int v = 0; v < 3; v++)
+        pidx[v] = _mm512_setr_epi32(2 * v, 2 * v, 2 * v, 2 * v, 2 * v, 2 * v, 2 * v, 2 * v,
+                                    2 * v + 1, 2 * v + 1, 2 * v + 1, 2 * v + 1, 2 * v + 1,
+                                    2 * v + 1, 2 * v + 1, 2 * v + 1);
+    __m512 sf[3] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    __m512 zs[3] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    int64_t gend = -1; /* first row past the loaded group */
+    for (int64_t k = k0; k < k0 + kc; k++) {
+        if (k >= gend) { /* this group's scales and z * s for the 48 columns (0 past nc) */
+            const int64_t gi = k / S->g;
+            gend = (gi + 1) * S->g;
+            const __m512i zw = _mm512_maskz_loadu_epi32(mw, S->qz + gi * W + j0);
+            for (int v = 0; v < 3; v++) {
+                int n = nc - 16 * v;
+                n = n < 0 ? 0 : n > 16 ? 16 : n;
+                const __mmask16 mc = (__mmask16)((1u << n) - 1u);
+                sf[v] = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mc, S->sc + gi * S->N + c0 + 16 * v));
+                const __m512 z = _mm512_cvtepi32_ps(_mm512_and_si512(
+                    _mm512_srlv_epi32(_mm512_permutexvar_epi32(pidx[v], zw), shifts), m15));
+                zs[v] = _mm512_mul_ps(z, sf[v]);
+            }
+        }
+        const __m512i w = _mm512_maskz_loadu_epi32(mw, S->qw + k * W + j0);
+        float *o = bp + (k - k0) * GEMM_NR;
+        for (int v = 0; v < 3; v++) {
+            const __m512 q = _mm512_cvtepi32_ps(_mm512_and_si512(
+                _mm512_srlv_epi32(_mm512_permutexvar_epi32(pidx[v], w), shifts), m15));
+            _mm512_store_ps(o + 16 * v, _mm512_fmsub_ps(q, sf[v], zs[v]));
+        }
+    }
+}
+#endif
+
+static int w4_gemm(awq_isa isa, const float *x, const uint32_t *qw, const uint32_t *qz,
+                   const uint16_t *sc, const float *bias, float *y, int64_t M, int64_t K,
+                   int64_t N, int64_t g, awq_err *err) {
+    const w4_src src = {qw, qz, sc, K, N, g};
+    gemm_pack_fn pack = w4_pack_generic;
+#ifdef AWQ_X86_KERNELS
+    if (isa == AWQ_ISA_AVX512) pack = w4_pack_avx512;
+#endif
+    return gemm_packed(isa, "w4a16_matmul", x, bias, y, M, K, N, pack, &src, err);
 }
 
 int awq_w4a16_matmul_isa(const float *x, const uint32_t *qweight, const uint32_t *qzeros,
@@ -716,8 +812,76 @@ static void f16_to_f32(awq_isa isa, const uint16_t *w, float *t, int64_t n) {
     for (int64_t k = 0; k < n; k++) t[k] = awq_fp16_to_fp32(w[k]);
 }
 
-/* Rows of w per converted tile in the large-M path. */
-#define F16_TILE_ROWS 256
+/* Large M: panels of 48 rows of w, converted and transposed into bp[kc][48] for gemm_packed. */
+typedef struct {
+    awq_isa isa;
+    const uint16_t *w; /* [N, K] fp16 */
+    int64_t K;
+} f16_src;
+
+#ifdef AWQ_X86_KERNELS
+/* 16 x 16 transpose in registers: r[i] holds row i; afterwards r[j] holds column j. Three stages:
+ * interleave pairs of rows (unpack), pairs of pairs (shuffle_ps), then 128-bit lanes (shuffle_f32x4
+ * twice). */
+TARGET_AVX512 static ALWAYS_INLINE void transpose16(__m512 r[16]) {
+    __m512 t[16], u[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    /* u[4i + q], 128-bit lane L: column 4L + q of rows 4i .. 4i + 3 */
+    for (int i = 0; i < 4; i++) {
+        u[4 * i + 0] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+        u[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+        u[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+        u[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+    }
+    for (int q = 0; q < 4; q++) {
+        const __m512 v0 = _mm512_shuffle_f32x4(u[q], u[4 + q], 0x88);
+        const __m512 v1 = _mm512_shuffle_f32x4(u[q], u[4 + q], 0xDD);
+        const __m512 v2 = _mm512_shuffle_f32x4(u[8 + q], u[12 + q], 0x88);
+        const __m512 v3 = _mm512_shuffle_f32x4(u[8 + q], u[12 + q], 0xDD);
+        r[q] = _mm512_shuffle_f32x4(v0, v2, 0x88);
+        r[8 + q] = _mm512_shuffle_f32x4(v0, v2, 0xDD);
+        r[4 + q] = _mm512_shuffle_f32x4(v1, v3, 0x88);
+        r[12 + q] = _mm512_shuffle_f32x4(v1, v3, 0xDD);
+    }
+}
+
+/* f16_pack with F16C loads of 16 x 16 blocks and a register transpose. */
+TARGET_AVX512 static void f16_pack_avx512(const void *src, int64_t k0, int64_t kc, int64_t c0,
+                                          int nc, float *bp, float *scratch) {
+    (void)scratch;
+    const f16_src *S = src;
+    for (int v = 0; v < 3; v++)
+        for (int64_t kk = 0; kk < kc; kk += 16) {
+            const int nk = (int)(kc - kk < 16 ? kc - kk : 16);
+            const __mmask16 mk = (__mmask16)((1u << nk) - 1u);
+            __m512 r[16];
+            for (int i = 0; i < 16; i++) {
+                const int c = 16 * v + i;
+                r[i] = c < nc ? _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(
+                                    mk, S->w + (c0 + c) * S->K + k0 + kk))
+                              : _mm512_setzero_ps();
+            }
+            transpose16(r);
+            for (int j = 0; j < nk; j++) _mm512_store_ps(bp + (kk + j) * GEMM_NR + 16 * v, r[j]);
+        }
+}
+#endif
+
+static void f16_pack(const void *src, int64_t k0, int64_t kc, int64_t c0, int nc, float *bp,
+                     float *scratch) {
+    const f16_src *S = src;
+    for (int c = 0; c < GEMM_NR; c++) {
+        if (c < nc) {
+            f16_to_f32(S->isa, S->w + (c0 + c) * S->K + k0, scratch, kc);
+            for (int64_t k = 0; k < kc; k++) bp[k * GEMM_NR + c] = scratch[k];
+        } else {
+            for (int64_t k = 0; k < kc; k++) bp[k * GEMM_NR + c] = 0.0f;
+        }
+    }
+}
 
 int awq_f16_matmul_isa(const float *x, const uint16_t *w, const float *bias, float *y, int64_t M,
                        int64_t K, int64_t N, awq_isa isa, awq_err *err) {
@@ -759,35 +923,12 @@ int awq_f16_matmul_isa(const float *x, const uint16_t *w, const float *bias, flo
             }
         }
     } else {
-        const int64_t ntiles = (N + F16_TILE_ROWS - 1) / F16_TILE_ROWS;
-#pragma omp parallel
-        {
-            float *t = aligned_alloc(64, (size_t)(F16_TILE_ROWS * K + 16) * sizeof(float));
-            if (!t) {
-#pragma omp critical(awq_f16_err)
-                status = awq_set_err(&terr, AWQ_ERR_NOMEM, "f16_matmul: out of memory for a tile");
-            }
-#pragma omp for schedule(dynamic, 1)
-            for (int64_t b = 0; b < ntiles; b++) {
-                if (!t) continue;
-                const int64_t n0 = b * F16_TILE_ROWS;
-                const int64_t nb = N - n0 < F16_TILE_ROWS ? N - n0 : F16_TILE_ROWS;
-                f16_to_f32(isa, w + n0 * K, t, nb * K);
-                awq_err e2 = {{0}};
-                int st = awq_sgemm_f32(1, x, K, t, K, y + n0, N, M, nb, K, &e2);
-                if (st) {
-#pragma omp critical(awq_f16_err)
-                    {
-                        status = st;
-                        terr = e2;
-                    }
-                }
-                if (bias)
-                    for (int64_t m = 0; m < M; m++)
-                        for (int64_t c = 0; c < nb; c++) y[m * N + n0 + c] += bias[n0 + c];
-            }
-            free(t);
-        }
+        const f16_src src = {isa, w, K};
+        gemm_pack_fn pack = f16_pack;
+#ifdef AWQ_X86_KERNELS
+        if (isa == AWQ_ISA_AVX512) pack = f16_pack_avx512;
+#endif
+        return gemm_packed(isa, "f16_matmul", x, bias, y, M, K, N, pack, &src, err);
     }
     if (status) {
         *err = terr;
