@@ -178,6 +178,383 @@ done:
     return res;
 }
 
+/* Defined with the W4A16 bindings below: isa keyword (None / "avx512" / "avx2" / "generic"). */
+static int parse_isa(const char *name, awq_isa *isa);
+
+/* Shape check helper: sets a ValueError naming the op and argument and returns 0 when cond fails. */
+#define REQUIRE(cond, ...)                                                                         \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            PyErr_Format(PyExc_ValueError, __VA_ARGS__);                                           \
+            goto done;                                                                             \
+        }                                                                                          \
+    } while (0)
+
+PyDoc_STRVAR(linear_doc, "linear(x[M,K] f32, w[N,K] f32, bias[N] f32 or None = None) -> [M,N] f32:\n"
+                         "x @ w.T + bias through the BLAS provider (see cpu_info()['blas']).");
+static PyObject *py_linear(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"x", "w", "bias", NULL};
+    PyObject *xo, *wo, *bo = Py_None, *res = NULL;
+    PyArrayObject *x = NULL, *w = NULL, *b = NULL, *out = NULL;
+    awq_err err = {{0}};
+    int ok = 1, st;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|O:linear", kwlist, &xo, &wo, &bo)) return NULL;
+    if (!(x = as_array(xo, NPY_FLOAT32, 2, "linear x"))) goto done;
+    if (!(w = as_array(wo, NPY_FLOAT32, 2, "linear w"))) goto done;
+    b = as_optional(bo, NPY_FLOAT32, 1, "linear bias", &ok);
+    if (!ok) goto done;
+    REQUIRE(DIM(w, 1) == DIM(x, 1), "linear: x has %lld input features but w is [%lld, %lld]",
+            (long long)DIM(x, 1), (long long)DIM(w, 0), (long long)DIM(w, 1));
+    REQUIRE(!b || DIM(b, 0) == DIM(w, 0), "linear: bias has %lld entries, w has %lld rows",
+            (long long)(b ? DIM(b, 0) : 0), (long long)DIM(w, 0));
+    npy_intp dims[2] = {PyArray_DIM(x, 0), PyArray_DIM(w, 0)};
+    if (!(out = NEW_F32(2, dims))) goto done;
+    Py_BEGIN_ALLOW_THREADS st = awq_linear_f32(F32(x), F32(w), b ? F32(b) : NULL, F32(out),
+                                               DIM(x, 0), DIM(x, 1), DIM(w, 0), &err);
+    Py_END_ALLOW_THREADS if (st) {
+        raise_status(st, &err);
+        goto done;
+    }
+    res = (PyObject *)out;
+    out = NULL;
+done:
+    Py_XDECREF(x);
+    Py_XDECREF(w);
+    Py_XDECREF(b);
+    Py_XDECREF(out);
+    return res;
+}
+
+PyDoc_STRVAR(rmsnorm_doc,
+             "rmsnorm(x[M,D] f32, w[D] f32, eps: float, unit_offset: float = 0.0) -> [M,D] f32:\n"
+             "x / sqrt(mean(x^2) + eps) * (w + unit_offset) (unit_offset 1 for Gemma-style norms).");
+static PyObject *py_rmsnorm(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"x", "w", "eps", "unit_offset", NULL};
+    PyObject *xo, *wo, *res = NULL;
+    PyArrayObject *x = NULL, *w = NULL, *out = NULL;
+    double eps, off = 0.0;
+    awq_err err = {{0}};
+    int st;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOd|d:rmsnorm", kwlist, &xo, &wo, &eps, &off))
+        return NULL;
+    if (!(x = as_array(xo, NPY_FLOAT32, 2, "rmsnorm x"))) goto done;
+    if (!(w = as_array(wo, NPY_FLOAT32, 1, "rmsnorm w"))) goto done;
+    REQUIRE(DIM(w, 0) == DIM(x, 1), "rmsnorm: w has %lld entries but x rows have %lld",
+            (long long)DIM(w, 0), (long long)DIM(x, 1));
+    if (!(out = NEW_F32(2, PyArray_DIMS(x)))) goto done;
+    Py_BEGIN_ALLOW_THREADS st = awq_rmsnorm_f32(F32(x), F32(w), F32(out), DIM(x, 0), DIM(x, 1),
+                                                (float)eps, (float)off, &err);
+    Py_END_ALLOW_THREADS if (st) {
+        raise_status(st, &err);
+        goto done;
+    }
+    res = (PyObject *)out;
+    out = NULL;
+done:
+    Py_XDECREF(x);
+    Py_XDECREF(w);
+    Py_XDECREF(out);
+    return res;
+}
+
+PyDoc_STRVAR(rope_doc,
+             "rope_(x[M,H,d] f32, cos[M,rot/2] f32, sin[M,rot/2] f32, rot: int) -> None:\n"
+             "rotary embedding in place (HF rotate_half convention) on the first rot dims of each\n"
+             "head. x must be a writeable C-contiguous float32 ndarray.");
+static PyObject *py_rope(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"x", "cos", "sin", "rot", NULL};
+    PyObject *xo, *co, *so, *res = NULL;
+    PyArrayObject *x, *c = NULL, *s = NULL;
+    long long rot;
+    awq_err err = {{0}};
+    int st;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOL:rope_", kwlist, &xo, &co, &so, &rot))
+        return NULL;
+    x = (PyArrayObject *)xo; /* borrowed: written in place, so never converted */
+    REQUIRE(PyArray_Check(xo) && PyArray_TYPE(x) == NPY_FLOAT32 && PyArray_NDIM(x) == 3 &&
+                PyArray_IS_C_CONTIGUOUS(x) && PyArray_ISWRITEABLE(x),
+            "rope_ x: expected a writeable C-contiguous 3-d float32 ndarray [M, H, d] (it is "
+            "rotated in place, so it cannot be converted)");
+    if (!(c = as_array(co, NPY_FLOAT32, 2, "rope_ cos"))) goto done;
+    if (!(s = as_array(so, NPY_FLOAT32, 2, "rope_ sin"))) goto done;
+    REQUIRE(DIM(c, 0) == DIM(x, 0) && DIM(c, 1) == rot / 2 && DIM(s, 0) == DIM(x, 0) &&
+                DIM(s, 1) == rot / 2,
+            "rope_: cos and sin must be [M=%lld, rot/2=%lld], got [%lld, %lld] and [%lld, %lld]",
+            (long long)DIM(x, 0), rot / 2, (long long)DIM(c, 0), (long long)DIM(c, 1),
+            (long long)DIM(s, 0), (long long)DIM(s, 1));
+    Py_BEGIN_ALLOW_THREADS st = awq_rope_f32(F32(x), F32(c), F32(s), DIM(x, 0), DIM(x, 1),
+                                             DIM(x, 2), rot, &err);
+    Py_END_ALLOW_THREADS if (st) {
+        raise_status(st, &err);
+        goto done;
+    }
+    Py_INCREF(Py_None);
+    res = Py_None;
+done:
+    Py_XDECREF(c);
+    Py_XDECREF(s);
+    return res;
+}
+
+PyDoc_STRVAR(attention_doc,
+             "attention(q[B,T,Hq,d], k[B,S,Hkv,d], v[B,S,Hkv,d], scale: float, q_pos0: int,\n"
+             "          window: int = 0, kv_len: int64[B] or None = None, isa: str or None = None)\n"
+             "-> [B,T,Hq,d] f32: causal grouped-query attention; query t sits at position\n"
+             "q_pos0 + t and sees keys j <= q_pos0 + t (and j > q_pos0 + t - window if window > 0,\n"
+             "and j < kv_len[b]). Rows that see no key output 0. isa pins the kernel family\n"
+             "('avx512', 'avx2', 'generic'; tests), None = the best this CPU has.");
+static PyObject *py_attention(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"q", "k", "v", "scale", "q_pos0", "window", "kv_len", "isa", NULL};
+    PyObject *qo, *ko, *vo, *lo = Py_None, *res = NULL;
+    PyArrayObject *q = NULL, *k = NULL, *v = NULL, *kvl = NULL, *out = NULL;
+    double scale;
+    long long q_pos0, window = 0;
+    const char *isa_name = NULL;
+    awq_isa isa;
+    awq_err err = {{0}};
+    int ok = 1, st;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOdL|LOz:attention", kwlist, &qo, &ko, &vo,
+                                     &scale, &q_pos0, &window, &lo, &isa_name))
+        return NULL;
+    if (parse_isa(isa_name, &isa) < 0) return NULL;
+    if (!(q = as_array(qo, NPY_FLOAT32, 4, "attention q"))) goto done;
+    if (!(k = as_array(ko, NPY_FLOAT32, 4, "attention k"))) goto done;
+    if (!(v = as_array(vo, NPY_FLOAT32, 4, "attention v"))) goto done;
+    kvl = as_optional(lo, NPY_INT64, 1, "attention kv_len", &ok);
+    if (!ok) goto done;
+    const int64_t B = DIM(q, 0), T = DIM(q, 1), Hq = DIM(q, 2), d = DIM(q, 3);
+    REQUIRE(DIM(k, 0) == B && DIM(k, 3) == d,
+            "attention: k is [%lld, %lld, %lld, %lld] but q is [B=%lld, T, Hq, d=%lld]",
+            (long long)DIM(k, 0), (long long)DIM(k, 1), (long long)DIM(k, 2), (long long)DIM(k, 3),
+            (long long)B, (long long)d);
+    REQUIRE(PyArray_NDIM(v) == 4 && DIM(v, 0) == DIM(k, 0) && DIM(v, 1) == DIM(k, 1) &&
+                DIM(v, 2) == DIM(k, 2) && DIM(v, 3) == DIM(k, 3),
+            "attention: v is [%lld, %lld, %lld, %lld] but k is [%lld, %lld, %lld, %lld]",
+            (long long)DIM(v, 0), (long long)DIM(v, 1), (long long)DIM(v, 2), (long long)DIM(v, 3),
+            (long long)DIM(k, 0), (long long)DIM(k, 1), (long long)DIM(k, 2), (long long)DIM(k, 3));
+    REQUIRE(!kvl || DIM(kvl, 0) == B, "attention: kv_len has %lld entries, batch is %lld",
+            (long long)(kvl ? DIM(kvl, 0) : 0), (long long)B);
+    if (!(out = NEW_F32(4, PyArray_DIMS(q)))) goto done;
+    Py_BEGIN_ALLOW_THREADS st = awq_attention_f32_isa(
+        F32(q), F32(k), F32(v), F32(out), B, T, DIM(k, 1), Hq, DIM(k, 2), d, (float)scale, q_pos0,
+        window, kvl ? (const int64_t *)PyArray_DATA(kvl) : NULL, isa, &err);
+    Py_END_ALLOW_THREADS if (st) {
+        raise_status(st, &err);
+        goto done;
+    }
+    res = (PyObject *)out;
+    out = NULL;
+done:
+    Py_XDECREF(q);
+    Py_XDECREF(k);
+    Py_XDECREF(v);
+    Py_XDECREF(kvl);
+    Py_XDECREF(out);
+    return res;
+}
+
+PyDoc_STRVAR(silu_mul_doc, "silu_mul(gate f32, up f32) -> f32 array of gate's shape:\n"
+                           "silu(gate) * up element-wise (any shapes of the same size).");
+static PyObject *py_silu_mul(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"gate", "up", NULL};
+    PyObject *go, *uo, *res = NULL;
+    PyArrayObject *g = NULL, *u = NULL, *out = NULL;
+    awq_err err = {{0}};
+    int st;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO:silu_mul", kwlist, &go, &uo)) return NULL;
+    if (!(g = as_array(go, NPY_FLOAT32, -1, "silu_mul gate"))) goto done;
+    if (!(u = as_array(uo, NPY_FLOAT32, -1, "silu_mul up"))) goto done;
+    REQUIRE(PyArray_SIZE(g) == PyArray_SIZE(u), "silu_mul: gate has %lld elements, up has %lld",
+            (long long)PyArray_SIZE(g), (long long)PyArray_SIZE(u));
+    if (!(out = NEW_F32(PyArray_NDIM(g), PyArray_DIMS(g)))) goto done;
+    Py_BEGIN_ALLOW_THREADS st =
+        awq_silu_mul_f32(F32(g), F32(u), F32(out), (int64_t)PyArray_SIZE(g), &err);
+    Py_END_ALLOW_THREADS if (st) {
+        raise_status(st, &err);
+        goto done;
+    }
+    res = (PyObject *)out;
+    out = NULL;
+done:
+    Py_XDECREF(g);
+    Py_XDECREF(u);
+    Py_XDECREF(out);
+    return res;
+}
+
+/* ---------------------------------------------------------------- quantization math (quant.h) */
+
+PyDoc_STRVAR(pseudo_quantize_doc,
+             "pseudo_quantize(w[N,K] f32, group_size: int, w_bit: int, zero_point: bool) -> [N,K] f32:\n"
+             "dequant(quant(w)) per group of group_size input columns (AutoAWQ formulas, round half\n"
+             "to even). group_size must divide K (pass K for -1). NaN/Inf -> FloatingPointError.");
+static PyObject *py_pseudo_quantize(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"w", "group_size", "w_bit", "zero_point", NULL};
+    PyObject *wo, *res = NULL;
+    PyArrayObject *w = NULL, *out = NULL;
+    long long g;
+    int bits, zp, st;
+    awq_err err = {{0}};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OLip:pseudo_quantize", kwlist, &wo, &g, &bits, &zp))
+        return NULL;
+    if (!(w = as_array(wo, NPY_FLOAT32, 2, "pseudo_quantize w"))) goto done;
+    if (!(out = NEW_F32(2, PyArray_DIMS(w)))) goto done;
+    Py_BEGIN_ALLOW_THREADS st = awq_pseudo_quantize_f32(F32(w), F32(out), DIM(w, 0), DIM(w, 1), g,
+                                                        bits, zp, &err);
+    Py_END_ALLOW_THREADS if (st) {
+        raise_status(st, &err);
+        goto done;
+    }
+    res = (PyObject *)out;
+    out = NULL;
+done:
+    Py_XDECREF(w);
+    Py_XDECREF(out);
+    return res;
+}
+
+PyDoc_STRVAR(quantize_codes_doc,
+             "quantize_codes(w[N,K] f32, group_size: int, w_bit: int, zero_point: bool)\n"
+             "-> (codes uint8 [N,K], scales f32 [N,G], zeros uint8 [N,G]), G = K / group_size.\n"
+             "Symmetric mode stores codes offset by 2^(w_bit-1) with that as the zero.");
+static PyObject *py_quantize_codes(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"w", "group_size", "w_bit", "zero_point", NULL};
+    PyObject *wo, *res = NULL;
+    PyArrayObject *w = NULL, *codes = NULL, *scales = NULL, *zeros = NULL;
+    long long g;
+    int bits, zp, st;
+    awq_err err = {{0}};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OLip:quantize_codes", kwlist, &wo, &g, &bits, &zp))
+        return NULL;
+    if (!(w = as_array(wo, NPY_FLOAT32, 2, "quantize_codes w"))) goto done;
+    /* An invalid group size is reported by the core before anything is written. */
+    npy_intp G = g > 0 && DIM(w, 1) % g == 0 ? (npy_intp)(DIM(w, 1) / g) : 0;
+    npy_intp gdims[2] = {PyArray_DIM(w, 0), G};
+    if (!(codes = (PyArrayObject *)PyArray_SimpleNew(2, PyArray_DIMS(w), NPY_UINT8))) goto done;
+    if (!(scales = NEW_F32(2, gdims))) goto done;
+    if (!(zeros = (PyArrayObject *)PyArray_SimpleNew(2, gdims, NPY_UINT8))) goto done;
+    Py_BEGIN_ALLOW_THREADS st = awq_quantize_codes_f32(
+        F32(w), (uint8_t *)PyArray_DATA(codes), F32(scales), (uint8_t *)PyArray_DATA(zeros),
+        DIM(w, 0), DIM(w, 1), g, bits, zp, &err);
+    Py_END_ALLOW_THREADS if (st) {
+        raise_status(st, &err);
+        goto done;
+    }
+    res = Py_BuildValue("(OOO)", codes, scales, zeros);
+done:
+    Py_XDECREF(w);
+    Py_XDECREF(codes);
+    Py_XDECREF(scales);
+    Py_XDECREF(zeros);
+    return res;
+}
+
+PyDoc_STRVAR(pack_gemm_doc,
+             "pack_gemm(codes uint8 [R,C]) -> int32 [R, C/8]: AutoAWQ GEMM order, nibble i of word j\n"
+             "= column 8j + [0,2,4,6,1,3,5,7][i]. C % 8 != 0 or a code > 15 -> ValueError.");
+static PyObject *py_pack_gemm(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *co, *res = NULL;
+    PyArrayObject *c = NULL, *out = NULL;
+    awq_err err = {{0}};
+    int st;
+    if (!PyArg_ParseTuple(args, "O:pack_gemm", &co)) return NULL;
+    if (!(c = as_array(co, NPY_UINT8, 2, "pack_gemm codes"))) goto done;
+    REQUIRE(DIM(c, 1) % 8 == 0, "pack_gemm: codes has %lld columns, not a multiple of 8",
+            (long long)DIM(c, 1));
+    npy_intp dims[2] = {PyArray_DIM(c, 0), PyArray_DIM(c, 1) / 8};
+    if (!(out = (PyArrayObject *)PyArray_SimpleNew(2, dims, NPY_INT32))) goto done;
+    Py_BEGIN_ALLOW_THREADS st = awq_pack_gemm((const uint8_t *)PyArray_DATA(c),
+                                              (uint32_t *)PyArray_DATA(out), DIM(c, 0), DIM(c, 1),
+                                              &err);
+    Py_END_ALLOW_THREADS if (st) {
+        raise_status(st, &err);
+        goto done;
+    }
+    res = (PyObject *)out;
+    out = NULL;
+done:
+    Py_XDECREF(c);
+    Py_XDECREF(out);
+    return res;
+}
+
+PyDoc_STRVAR(unpack_gemm_doc,
+             "unpack_gemm(packed int32 or uint32 [R, C/8]) -> uint8 [R, C]: inverse of pack_gemm.");
+static PyObject *py_unpack_gemm(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *po, *res = NULL;
+    PyArrayObject *p = NULL, *out = NULL;
+    awq_err err = {{0}};
+    int st;
+    if (!PyArg_ParseTuple(args, "O:unpack_gemm", &po)) return NULL;
+    if (!(p = as_bits(po, NPY_UINT32, 2, "unpack_gemm packed"))) goto done;
+    npy_intp dims[2] = {PyArray_DIM(p, 0), PyArray_DIM(p, 1) * 8};
+    if (!(out = (PyArrayObject *)PyArray_SimpleNew(2, dims, NPY_UINT8))) goto done;
+    Py_BEGIN_ALLOW_THREADS st = awq_unpack_gemm((const uint32_t *)PyArray_DATA(p),
+                                                (uint8_t *)PyArray_DATA(out), DIM(p, 0),
+                                                DIM(p, 1) * 8, &err);
+    Py_END_ALLOW_THREADS if (st) {
+        raise_status(st, &err);
+        goto done;
+    }
+    res = (PyObject *)out;
+    out = NULL;
+done:
+    Py_XDECREF(p);
+    Py_XDECREF(out);
+    return res;
+}
+
+PyDoc_STRVAR(clip_search_doc,
+             "clip_search(w[N,K] f32, x[T,K] f32, group_size: int, w_bit: int, zero_point: bool,\n"
+             "            n_grid: int = 20, max_shrink: float = 0.5) -> max_val f32 [N, G]:\n"
+             "AWQ clip search (AutoAWQ _compute_best_clip) on already subsampled tokens x.");
+static PyObject *py_clip_search(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"w",          "x",      "group_size", "w_bit",
+                             "zero_point", "n_grid", "max_shrink", NULL};
+    PyObject *wo, *xo, *res = NULL;
+    PyArrayObject *w = NULL, *x = NULL, *out = NULL;
+    long long g;
+    int bits, zp, n_grid = 20, st;
+    double max_shrink = 0.5;
+    awq_err err = {{0}};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOLip|id:clip_search", kwlist, &wo, &xo, &g, &bits,
+                                     &zp, &n_grid, &max_shrink))
+        return NULL;
+    if (!(w = as_array(wo, NPY_FLOAT32, 2, "clip_search w"))) goto done;
+    if (!(x = as_array(xo, NPY_FLOAT32, 2, "clip_search x"))) goto done;
+    REQUIRE(DIM(x, 1) == DIM(w, 1), "clip_search: x has %lld features but w is [%lld, %lld]",
+            (long long)DIM(x, 1), (long long)DIM(w, 0), (long long)DIM(w, 1));
+    npy_intp dims[2] = {PyArray_DIM(w, 0),
+                        g > 0 && DIM(w, 1) % g == 0 ? (npy_intp)(DIM(w, 1) / g) : 0};
+    if (!(out = NEW_F32(2, dims))) goto done;
+    Py_BEGIN_ALLOW_THREADS st =
+        awq_clip_search_f32(F32(w), F32(x), F32(out), DIM(w, 0), DIM(w, 1), DIM(x, 0), g, bits, zp,
+                            n_grid, (float)max_shrink, &err);
+    Py_END_ALLOW_THREADS if (st) {
+        raise_status(st, &err);
+        goto done;
+    }
+    res = (PyObject *)out;
+    out = NULL;
+done:
+    Py_XDECREF(w);
+    Py_XDECREF(x);
+    Py_XDECREF(out);
+    return res;
+}
+
+#undef REQUIRE
+
 /* ---------------------------------------------------------------- W4A16 (w4a16.h) */
 
 /* isa keyword of the matmul bindings: None -> the best family this CPU has (what callers want);
@@ -369,12 +746,28 @@ static PyMethodDef methods[] = {
      METH_VARARGS | METH_KEYWORDS, w4a16_matmul_ref_doc},
     {"f16_matmul", (PyCFunction)(void (*)(void))py_f16_matmul, METH_VARARGS | METH_KEYWORDS,
      f16_matmul_doc},
+    {"linear", (PyCFunction)(void (*)(void))py_linear, METH_VARARGS | METH_KEYWORDS, linear_doc},
+    {"rmsnorm", (PyCFunction)(void (*)(void))py_rmsnorm, METH_VARARGS | METH_KEYWORDS, rmsnorm_doc},
+    {"rope_", (PyCFunction)(void (*)(void))py_rope, METH_VARARGS | METH_KEYWORDS, rope_doc},
+    {"attention", (PyCFunction)(void (*)(void))py_attention, METH_VARARGS | METH_KEYWORDS,
+     attention_doc},
+    {"silu_mul", (PyCFunction)(void (*)(void))py_silu_mul, METH_VARARGS | METH_KEYWORDS,
+     silu_mul_doc},
+    {"pseudo_quantize", (PyCFunction)(void (*)(void))py_pseudo_quantize,
+     METH_VARARGS | METH_KEYWORDS, pseudo_quantize_doc},
+    {"quantize_codes", (PyCFunction)(void (*)(void))py_quantize_codes, METH_VARARGS | METH_KEYWORDS,
+     quantize_codes_doc},
+    {"pack_gemm", py_pack_gemm, METH_VARARGS, pack_gemm_doc},
+    {"unpack_gemm", py_unpack_gemm, METH_VARARGS, unpack_gemm_doc},
+    {"clip_search", (PyCFunction)(void (*)(void))py_clip_search, METH_VARARGS | METH_KEYWORDS,
+     clip_search_doc},
     /* AWQ_METHODS_END (keep: new entries go above this line) */
     {NULL, NULL, 0, NULL},
 };
 
 static int exec_module(PyObject *m) {
     import_array1(-1);
+    awq_blas_configure();
     if (PyModule_AddStringConstant(m, "ISA", awq_isa_name(awq_cpu_isa())) < 0) return -1;
     return 0;
 }

@@ -1,8 +1,657 @@
-/* ops.c: dense fp32 ops of the decoder forward (see ops.h for the contracts). */
+/* ops.c: dense fp32 ops of the decoder forward (see ops.h for the contracts).
+ *
+ * Everything here runs once per calibration block and grid point, so it is threaded with OpenMP
+ * and vectorised:
+ *   - element-wise ops (rmsnorm, rope, silu_mul, softmax) are plain loops or 16-float GCC vector
+ *     extension code inside AWQ_CLONES functions (compiled for AVX-512, AVX2 and baseline);
+ *   - attention's two products (Q K^T and P V) go through small register-tiled micro-kernels with
+ *     explicit AVX-512 / AVX2+FMA intrinsics and a portable C twin, chosen at run time by
+ *     awq_cpu_isa() (the build uses -std=c11, i.e. -ffp-contract=off, so only intrinsics give FMA).
+ * File order: vector helpers, rmsnorm, rope, silu_mul, attention (kernels, softmax, driver),
+ * abs_mean.
+ */
 #include "ops.h"
 
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define AWQ_X86_KERNELS 1
+#include <immintrin.h>
+#endif
+
+/* The 16-float vector helpers below are always inlined into their (multiversioned) callers, so the
+ * psABI of returning a 64-byte vector never matters; they take vector arguments by pointer because
+ * GCC's note about passing them by value cannot be silenced by a pragma. */
+#if defined(__clang__)
+#pragma clang diagnostic ignored "-Wpsabi"
+#elif defined(__GNUC__)
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
+
+/* ---------------------------------------------------------------- 16-float vectors */
+
+typedef float v16f __attribute__((vector_size(64)));
+typedef int32_t v16i __attribute__((vector_size(64)));
+#define V16_INLINE static inline __attribute__((always_inline))
+
+/* Unaligned load / store (memcpy compiles to one vmovups). */
+V16_INLINE v16f v16_load(const float *p) {
+    v16f v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+V16_INLINE void v16_store(float *p, const v16f *v) { memcpy(p, v, sizeof *v); }
+V16_INLINE v16f v16_splat(float x) {
+    return (v16f){x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x};
+}
+/* m ? a : b per lane (m is an all-ones / all-zeros lane mask from a vector comparison). */
+#define V16_SELECT(m, a, b) ((v16f)(((m) & (v16i)(a)) | (~(m) & (v16i)(b))))
+V16_INLINE float v16_hsum(const v16f *v) {
+    float s = 0.0f;
+    for (int i = 0; i < 16; i++) s += (*v)[i];
+    return s;
+}
+V16_INLINE float v16_hmax(const v16f *v) {
+    float m = (*v)[0];
+    for (int i = 1; i < 16; i++) m = (*v)[i] > m ? (*v)[i] : m;
+    return m;
+}
+
+/* exp(x), max relative error < 1 ulp on [-87, 88] (Cephes expf polynomial on a Cody-Waite reduced
+ * argument). x < -87.34 (result below FLT_MIN) gives exactly 0, so -inf (masked scores) maps to 0;
+ * x > 88 saturates at exp(88); NaN stays NaN. */
+V16_INLINE v16f v16_exp(const v16f *xp) {
+    v16f x = *xp;
+    const v16i underflow = x < v16_splat(-87.336544f);
+    x = V16_SELECT(x < v16_splat(-87.0f), v16_splat(-87.0f), x);
+    x = V16_SELECT(x > v16_splat(88.0f), v16_splat(88.0f), x);
+    /* n = round(x / ln2) by the 1.5 * 2^23 trick: the low mantissa bits of tt then hold n. */
+    const v16f tt = x * 1.44269504088896341f + 12582912.0f;
+    const v16f n = tt - 12582912.0f;
+    /* r = x - n ln2 with ln2 split in two (0.693359375 is exact in 9 bits). */
+    v16f r = x - n * 0.693359375f;
+    r = r + n * 2.12194440e-4f;
+    v16f p = v16_splat(1.9875691500e-4f);
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    /* 2^n: biased exponent n + 127 shifted into place; bits(tt) - bits(1.5 * 2^23) == n. */
+    const v16i two_n = ((v16i)tt - 0x4B400000 + 127) << 23;
+    return V16_SELECT(underflow, v16_splat(0.0f), p * (v16f)two_n);
+}
+
+/* ---------------------------------------------------------------- rmsnorm */
+
+/* y[D] = x / sqrt(mean(x^2) + eps) * (w + off) for one row; fp32 sum of squares. */
+AWQ_CLONES
+static void rmsnorm_row(const float *x, const float *w, float *y, int64_t D, float eps, float off) {
+    float ss = 0.0f;
+#pragma omp simd reduction(+ : ss)
+    for (int64_t i = 0; i < D; i++) ss += x[i] * x[i];
+    const float inv = 1.0f / sqrtf(ss / (float)D + eps);
+    for (int64_t i = 0; i < D; i++) y[i] = x[i] * inv * (w[i] + off);
+}
+
+int awq_rmsnorm_f32(const float *x, const float *w, float *y, int64_t M, int64_t D, float eps,
+                    float unit_offset, awq_err *err) {
+    if (M < 0 || D <= 0)
+        return awq_set_err(err, AWQ_ERR_VALUE, "rmsnorm: bad shape M=%lld D=%lld", (long long)M,
+                           (long long)D);
+    if (!(eps >= 0.0f) || !isfinite(eps) || !isfinite(unit_offset))
+        return awq_set_err(err, AWQ_ERR_VALUE,
+                           "rmsnorm: eps must be finite and >= 0 and unit_offset finite (got eps=%g, "
+                           "unit_offset=%g)",
+                           (double)eps, (double)unit_offset);
+#pragma omp parallel for schedule(static) if (M * D > 32768)
+    for (int64_t m = 0; m < M; m++) rmsnorm_row(x + m * D, w, y + m * D, D, eps, unit_offset);
+    return AWQ_OK;
+}
+
+/* ---------------------------------------------------------------- rope */
+
+/* One head: (x1, x2) = (x[i], x[i + half]) -> (x1 c - x2 s, x2 c + x1 s), i < half. */
+AWQ_CLONES
+static void rope_head(float *x, const float *c, const float *s, int64_t half) {
+    float *x2 = x + half;
+    for (int64_t i = 0; i < half; i++) {
+        const float a = x[i], b = x2[i];
+        x[i] = a * c[i] - b * s[i];
+        x2[i] = b * c[i] + a * s[i];
+    }
+}
+
+int awq_rope_f32(float *x, const float *cos, const float *sin, int64_t M, int64_t H, int64_t d,
+                 int64_t rot, awq_err *err) {
+    if (M < 0 || H <= 0 || d <= 0)
+        return awq_set_err(err, AWQ_ERR_VALUE, "rope: bad shape M=%lld H=%lld d=%lld", (long long)M,
+                           (long long)H, (long long)d);
+    if (rot <= 0 || rot > d || rot % 2)
+        return awq_set_err(err, AWQ_ERR_VALUE,
+                           "rope: rot must be even and in [2, d=%lld] (got %lld)", (long long)d,
+                           (long long)rot);
+    const int64_t half = rot / 2;
+#pragma omp parallel for schedule(static) if (M * H * rot > 65536)
+    for (int64_t mh = 0; mh < M * H; mh++) {
+        const int64_t m = mh / H;
+        rope_head(x + mh * d, cos + m * half, sin + m * half, half);
+    }
+    return AWQ_OK;
+}
+
+/* ---------------------------------------------------------------- silu_mul */
+
+/* y = gate * sigmoid(gate) * up, computed as gate / (1 + exp(-gate)) * up (torch's formula). */
+AWQ_CLONES
+static void silu_mul_span(const float *gate, const float *up, float *y, int64_t n) {
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const v16f ng = -v16_load(gate + i);
+        const v16f y16 = -ng / (1.0f + v16_exp(&ng)) * v16_load(up + i);
+        v16_store(y + i, &y16);
+    }
+    if (i < n) { /* tail: same vector code on a zero-padded copy, so every element is computed alike */
+        float gb[16] = {0}, ub[16] = {0}, yb[16];
+        memcpy(gb, gate + i, (size_t)(n - i) * sizeof(float));
+        memcpy(ub, up + i, (size_t)(n - i) * sizeof(float));
+        const v16f ng = -v16_load(gb);
+        const v16f y16 = -ng / (1.0f + v16_exp(&ng)) * v16_load(ub);
+        v16_store(yb, &y16);
+        memcpy(y + i, yb, (size_t)(n - i) * sizeof(float));
+    }
+}
+
+int awq_silu_mul_f32(const float *gate, const float *up, float *y, int64_t n, awq_err *err) {
+    if (n < 0) return awq_set_err(err, AWQ_ERR_VALUE, "silu_mul: negative size %lld", (long long)n);
+    const int64_t chunk = 16384; /* multiple of 16: only the last chunk has a tail */
+    const int64_t nchunks = (n + chunk - 1) / chunk;
+#pragma omp parallel for schedule(static) if (nchunks > 1)
+    for (int64_t c = 0; c < nchunks; c++) {
+        const int64_t i0 = c * chunk, len = n - i0 < chunk ? n - i0 : chunk;
+        silu_mul_span(gate + i0, up + i0, y + i0, len);
+    }
+    return AWQ_OK;
+}
+
+/* ---------------------------------------------------------------- attention: micro-kernels
+ *
+ * One task = (batch b, query head h, block of up to ATT_RB query rows). The task stages the keys
+ * its rows can see, transposed (Kt[d][span_pad], zero padded to a multiple of ATT_KC), and the
+ * values (Vp[span][d_pad], d_pad a multiple of ATT_DC), then walks its rows four at a time:
+ *   scores[4][keys] = Qs[4][d] . Kt        (qk kernel, 4 rows x 32 keys of accumulators)
+ *   masked, max-subtracted exp in place    (softmax_exp, fp32)
+ *   O[4][d_pad] = P[4][keys] . Vp          (pv kernel, 4 rows x 32 dims of accumulators)
+ * and writes out = O / rowsum. Only 4 rows of scores exist at a time; nothing is S x S.
+ * Index letters: r row of the 4-row group, j key (relative to the block's first key), c head dim.
+ */
+
+enum {
+    ATT_RB = 64, /* query rows per task: amortises the K/V staging (cost ~1/(2*ATT_RB) of the math) */
+    ATT_KC = 32, /* keys per qk tile: 4 x 32 fp32 accumulators = 8 zmm */
+    ATT_DC = 32, /* head dims per pv tile: same tile shape */
+};
+
+/* Sc[r][j] = sum_c Qs[r][c] * Kt[c][j] for r < 4 and j in [j0, j1) (j0, j1 multiples of ATT_KC).
+ * Qs: [4, d]; Kt: [d, ldk]; Sc: [4, lds]. */
+typedef void (*att_qk_fn)(const float *Qs, int64_t d, const float *Kt, int64_t ldk, int64_t j0,
+                          int64_t j1, float *Sc, int64_t lds);
+/* O[r][c] = sum_{j in [j0, j1)} P[r][j] * V[j][c] for r < 4 and c < dp (dp multiple of ATT_DC).
+ * P: [4, lds]; V: [*, ldv] (row stride ldv >= dp); O: [4, dp]. */
+typedef void (*att_pv_fn)(const float *P, int64_t lds, const float *V, int64_t ldv, int64_t dp,
+                          int64_t j0, int64_t j1, float *O);
+
+static void att_qk_generic(const float *Qs, int64_t d, const float *Kt, int64_t ldk, int64_t j0,
+                           int64_t j1, float *Sc, int64_t lds) {
+    for (int64_t j = j0; j < j1; j += ATT_KC) {
+        float acc[4][ATT_KC] = {{0}};
+        for (int64_t c = 0; c < d; c++) {
+            const float *kt = Kt + c * ldk + j;
+            for (int r = 0; r < 4; r++) {
+                const float qv = Qs[r * d + c];
+                for (int jj = 0; jj < ATT_KC; jj++) acc[r][jj] += qv * kt[jj];
+            }
+        }
+        for (int r = 0; r < 4; r++) memcpy(Sc + r * lds + j, acc[r], sizeof acc[r]);
+    }
+}
+
+static void att_pv_generic(const float *P, int64_t lds, const float *V, int64_t ldv, int64_t dp,
+                           int64_t j0, int64_t j1, float *O) {
+    for (int64_t c0 = 0; c0 < dp; c0 += ATT_DC) {
+        float acc[4][ATT_DC] = {{0}};
+        for (int64_t j = j0; j < j1; j++) {
+            const float *v = V + j * ldv + c0;
+            for (int r = 0; r < 4; r++) {
+                const float p = P[r * lds + j];
+                for (int cc = 0; cc < ATT_DC; cc++) acc[r][cc] += p * v[cc];
+            }
+        }
+        for (int r = 0; r < 4; r++) memcpy(O + r * dp + c0, acc[r], sizeof acc[r]);
+    }
+}
+
+#ifdef AWQ_X86_KERNELS
+/* AVX-512: a 4 x 32 tile is 8 zmm accumulators; per step 2 vector loads + 4 broadcasts feed 8 FMAs,
+ * enough independent chains to cover the FMA latency on two FMA ports. */
+__attribute__((target("avx512f"))) static void att_qk_avx512(const float *Qs, int64_t d,
+                                                             const float *Kt, int64_t ldk,
+                                                             int64_t j0, int64_t j1, float *Sc,
+                                                             int64_t lds) {
+    const float *q0 = Qs, *q1 = Qs + d, *q2 = Qs + 2 * d, *q3 = Qs + 3 * d;
+    for (int64_t j = j0; j < j1; j += ATT_KC) {
+        __m512 a00 = _mm512_setzero_ps(), a01 = _mm512_setzero_ps();
+        __m512 a10 = _mm512_setzero_ps(), a11 = _mm512_setzero_ps();
+        __m512 a20 = _mm512_setzero_ps(), a21 = _mm512_setzero_ps();
+        __m512 a30 = _mm512_setzero_ps(), a31 = _mm512_setzero_ps();
+        for (int64_t c = 0; c < d; c++) {
+            const float *kt = Kt + c * ldk + j;
+            const __m512 k0 = _mm512_loadu_ps(kt), k1 = _mm512_loadu_ps(kt + 16);
+            __m512 qv = _mm512_set1_ps(q0[c]);
+            a00 = _mm512_fmadd_ps(qv, k0, a00);
+            a01 = _mm512_fmadd_ps(qv, k1, a01);
+            qv = _mm512_set1_ps(q1[c]);
+            a10 = _mm512_fmadd_ps(qv, k0, a10);
+            a11 = _mm512_fmadd_ps(qv, k1, a11);
+            qv = _mm512_set1_ps(q2[c]);
+            a20 = _mm512_fmadd_ps(qv, k0, a20);
+            a21 = _mm512_fmadd_ps(qv, k1, a21);
+            qv = _mm512_set1_ps(q3[c]);
+            a30 = _mm512_fmadd_ps(qv, k0, a30);
+            a31 = _mm512_fmadd_ps(qv, k1, a31);
+        }
+        float *s = Sc + j;
+        _mm512_storeu_ps(s, a00);
+        _mm512_storeu_ps(s + 16, a01);
+        _mm512_storeu_ps(s + lds, a10);
+        _mm512_storeu_ps(s + lds + 16, a11);
+        _mm512_storeu_ps(s + 2 * lds, a20);
+        _mm512_storeu_ps(s + 2 * lds + 16, a21);
+        _mm512_storeu_ps(s + 3 * lds, a30);
+        _mm512_storeu_ps(s + 3 * lds + 16, a31);
+    }
+}
+
+__attribute__((target("avx512f"))) static void att_pv_avx512(const float *P, int64_t lds,
+                                                             const float *V, int64_t ldv, int64_t dp,
+                                                             int64_t j0, int64_t j1, float *O) {
+    const float *p0 = P, *p1 = P + lds, *p2 = P + 2 * lds, *p3 = P + 3 * lds;
+    for (int64_t c0 = 0; c0 < dp; c0 += ATT_DC) {
+        __m512 a00 = _mm512_setzero_ps(), a01 = _mm512_setzero_ps();
+        __m512 a10 = _mm512_setzero_ps(), a11 = _mm512_setzero_ps();
+        __m512 a20 = _mm512_setzero_ps(), a21 = _mm512_setzero_ps();
+        __m512 a30 = _mm512_setzero_ps(), a31 = _mm512_setzero_ps();
+        for (int64_t j = j0; j < j1; j++) {
+            const float *v = V + j * ldv + c0;
+            const __m512 v0 = _mm512_loadu_ps(v), v1 = _mm512_loadu_ps(v + 16);
+            __m512 pv = _mm512_set1_ps(p0[j]);
+            a00 = _mm512_fmadd_ps(pv, v0, a00);
+            a01 = _mm512_fmadd_ps(pv, v1, a01);
+            pv = _mm512_set1_ps(p1[j]);
+            a10 = _mm512_fmadd_ps(pv, v0, a10);
+            a11 = _mm512_fmadd_ps(pv, v1, a11);
+            pv = _mm512_set1_ps(p2[j]);
+            a20 = _mm512_fmadd_ps(pv, v0, a20);
+            a21 = _mm512_fmadd_ps(pv, v1, a21);
+            pv = _mm512_set1_ps(p3[j]);
+            a30 = _mm512_fmadd_ps(pv, v0, a30);
+            a31 = _mm512_fmadd_ps(pv, v1, a31);
+        }
+        float *o = O + c0;
+        _mm512_storeu_ps(o, a00);
+        _mm512_storeu_ps(o + 16, a01);
+        _mm512_storeu_ps(o + dp, a10);
+        _mm512_storeu_ps(o + dp + 16, a11);
+        _mm512_storeu_ps(o + 2 * dp, a20);
+        _mm512_storeu_ps(o + 2 * dp + 16, a21);
+        _mm512_storeu_ps(o + 3 * dp, a30);
+        _mm512_storeu_ps(o + 3 * dp + 16, a31);
+    }
+}
+
+/* AVX2: the same tiles as two 4 x 16 halves (8 ymm accumulators each; 16 would spill). */
+__attribute__((target("avx2,fma"))) static void att_qk_avx2(const float *Qs, int64_t d,
+                                                            const float *Kt, int64_t ldk,
+                                                            int64_t j0, int64_t j1, float *Sc,
+                                                            int64_t lds) {
+    const float *q0 = Qs, *q1 = Qs + d, *q2 = Qs + 2 * d, *q3 = Qs + 3 * d;
+    for (int64_t j = j0; j < j1; j += 16) {
+        __m256 a00 = _mm256_setzero_ps(), a01 = _mm256_setzero_ps();
+        __m256 a10 = _mm256_setzero_ps(), a11 = _mm256_setzero_ps();
+        __m256 a20 = _mm256_setzero_ps(), a21 = _mm256_setzero_ps();
+        __m256 a30 = _mm256_setzero_ps(), a31 = _mm256_setzero_ps();
+        for (int64_t c = 0; c < d; c++) {
+            const float *kt = Kt + c * ldk + j;
+            const __m256 k0 = _mm256_loadu_ps(kt), k1 = _mm256_loadu_ps(kt + 8);
+            __m256 qv = _mm256_broadcast_ss(q0 + c);
+            a00 = _mm256_fmadd_ps(qv, k0, a00);
+            a01 = _mm256_fmadd_ps(qv, k1, a01);
+            qv = _mm256_broadcast_ss(q1 + c);
+            a10 = _mm256_fmadd_ps(qv, k0, a10);
+            a11 = _mm256_fmadd_ps(qv, k1, a11);
+            qv = _mm256_broadcast_ss(q2 + c);
+            a20 = _mm256_fmadd_ps(qv, k0, a20);
+            a21 = _mm256_fmadd_ps(qv, k1, a21);
+            qv = _mm256_broadcast_ss(q3 + c);
+            a30 = _mm256_fmadd_ps(qv, k0, a30);
+            a31 = _mm256_fmadd_ps(qv, k1, a31);
+        }
+        float *s = Sc + j;
+        _mm256_storeu_ps(s, a00);
+        _mm256_storeu_ps(s + 8, a01);
+        _mm256_storeu_ps(s + lds, a10);
+        _mm256_storeu_ps(s + lds + 8, a11);
+        _mm256_storeu_ps(s + 2 * lds, a20);
+        _mm256_storeu_ps(s + 2 * lds + 8, a21);
+        _mm256_storeu_ps(s + 3 * lds, a30);
+        _mm256_storeu_ps(s + 3 * lds + 8, a31);
+    }
+}
+
+__attribute__((target("avx2,fma"))) static void att_pv_avx2(const float *P, int64_t lds,
+                                                            const float *V, int64_t ldv, int64_t dp,
+                                                            int64_t j0, int64_t j1, float *O) {
+    const float *p0 = P, *p1 = P + lds, *p2 = P + 2 * lds, *p3 = P + 3 * lds;
+    for (int64_t c0 = 0; c0 < dp; c0 += 16) {
+        __m256 a00 = _mm256_setzero_ps(), a01 = _mm256_setzero_ps();
+        __m256 a10 = _mm256_setzero_ps(), a11 = _mm256_setzero_ps();
+        __m256 a20 = _mm256_setzero_ps(), a21 = _mm256_setzero_ps();
+        __m256 a30 = _mm256_setzero_ps(), a31 = _mm256_setzero_ps();
+        for (int64_t j = j0; j < j1; j++) {
+            const float *v = V + j * ldv + c0;
+            const __m256 v0 = _mm256_loadu_ps(v), v1 = _mm256_loadu_ps(v + 8);
+            __m256 pv = _mm256_broadcast_ss(p0 + j);
+            a00 = _mm256_fmadd_ps(pv, v0, a00);
+            a01 = _mm256_fmadd_ps(pv, v1, a01);
+            pv = _mm256_broadcast_ss(p1 + j);
+            a10 = _mm256_fmadd_ps(pv, v0, a10);
+            a11 = _mm256_fmadd_ps(pv, v1, a11);
+            pv = _mm256_broadcast_ss(p2 + j);
+            a20 = _mm256_fmadd_ps(pv, v0, a20);
+            a21 = _mm256_fmadd_ps(pv, v1, a21);
+            pv = _mm256_broadcast_ss(p3 + j);
+            a30 = _mm256_fmadd_ps(pv, v0, a30);
+            a31 = _mm256_fmadd_ps(pv, v1, a31);
+        }
+        float *o = O + c0;
+        _mm256_storeu_ps(o, a00);
+        _mm256_storeu_ps(o + 8, a01);
+        _mm256_storeu_ps(o + dp, a10);
+        _mm256_storeu_ps(o + dp + 8, a11);
+        _mm256_storeu_ps(o + 2 * dp, a20);
+        _mm256_storeu_ps(o + 2 * dp + 8, a21);
+        _mm256_storeu_ps(o + 3 * dp, a30);
+        _mm256_storeu_ps(o + 3 * dp + 8, a31);
+    }
+}
+#endif /* AWQ_X86_KERNELS */
+
+/* ---------------------------------------------------------------- attention: softmax */
+
+/* s[0..n) <- exp(s - max(s)) in place (n a multiple of 16, masked entries hold -inf and become 0);
+ * returns the sum. A NaN score makes the sum NaN, so it reaches the output. */
+AWQ_CLONES
+static float att_softmax_exp(float *s, int64_t n) {
+    v16f m = v16_splat(-INFINITY);
+    for (int64_t i = 0; i < n; i += 16) {
+        const v16f v = v16_load(s + i);
+        m = V16_SELECT(v > m, v, m);
+    }
+    const v16f mx = v16_splat(v16_hmax(&m));
+    v16f acc = v16_splat(0.0f);
+    for (int64_t i = 0; i < n; i += 16) {
+        const v16f z = v16_load(s + i) - mx;
+        const v16f e = v16_exp(&z);
+        v16_store(s + i, &e);
+        acc += e;
+    }
+    return v16_hsum(&acc);
+}
+
+/* ---------------------------------------------------------------- attention: driver */
+
+typedef struct {
+    const float *q, *k, *v; /* q: [B, T, Hq, d]; k, v: [B, S, Hkv, d] */
+    float *out;             /* [B, T, Hq, d] */
+    int64_t T, S, Hq, Hkv, d;
+    int64_t d_pad;          /* d rounded up to ATT_DC: width the pv kernel computes */
+    int64_t hp;             /* query heads per task (all Hq / Hkv sharing a kv head, or 1) */
+    float scale;
+    int64_t q_pos0, window;
+    const int64_t *kv_len;  /* [B] or NULL */
+    att_qk_fn qk;
+    att_pv_fn pv;
+} att_args;
+
+/* Per-thread scratch, sized for the widest key span one task can see (span_cap). */
+typedef struct {
+    float *Kt; /* [d, span_cap] transposed keys */
+    float *Vp; /* [span_cap, d_pad] values, used only when d is not a multiple of ATT_DC */
+    float *Sc; /* [4, span_cap] scores / probabilities */
+    float *Qs; /* [4, d] scaled queries */
+    float *O;  /* [4, d_pad] unnormalised outputs */
+} att_scratch;
+
+/* Visible keys of the query at absolute position pos: [*lo, *hi), possibly empty. */
+static inline void att_key_range(const att_args *a, int64_t pos, int64_t kvl, int64_t *lo,
+                                 int64_t *hi) {
+    *hi = pos + 1 < kvl ? pos + 1 : kvl;
+    *lo = a->window > 0 && pos - a->window + 1 > 0 ? pos - a->window + 1 : 0;
+}
+
+/* Kt[c][j] = K[j][c] for j < span, c < d (K rows ldk_src apart), zero for span <= j < ldk.
+ * Blocks of 16 keys: the 16 source rows stay in L1 while each Kt row gets 16 contiguous floats. */
+static void att_stage_keys(const float *K, int64_t ldk_src, int64_t span, int64_t d, float *Kt,
+                           int64_t ldk) {
+    for (int64_t j0 = 0; j0 < span; j0 += 16) {
+        const int64_t nj = span - j0 < 16 ? span - j0 : 16;
+        for (int64_t c = 0; c < d; c++) {
+            float *dst = Kt + c * ldk + j0;
+            for (int64_t jj = 0; jj < nj; jj++) dst[jj] = K[(j0 + jj) * ldk_src + c];
+        }
+    }
+    for (int64_t c = 0; c < d; c++)
+        for (int64_t j = span; j < ldk; j++) Kt[c * ldk + j] = 0.0f;
+}
+
+/* One query head h over query rows [t0, t0 + nr), keys staged in w->Kt (from key jlo on) and
+ * values at V (rows ldv apart, d_pad wide). */
+static void att_head_rows(const att_args *a, const att_scratch *w, int64_t b, int64_t h,
+                          int64_t t0, int64_t nr, int64_t kvl, int64_t jlo, int64_t ldk,
+                          const float *V, int64_t ldv) {
+    const int64_t d = a->d, d_pad = a->d_pad, Hq = a->Hq;
+    const int64_t orow = Hq * d; /* stride between tokens in q and out */
+    float *out0 = a->out + ((b * a->T + t0) * Hq + h) * d;
+    for (int64_t g0 = 0; g0 < nr; g0 += 4) {
+        const int ng = nr - g0 < 4 ? (int)(nr - g0) : 4;
+        int64_t lo[4], hi[4], glo = ldk, ghi = 0;
+        for (int r = 0; r < 4; r++) {
+            float *qs = w->Qs + r * d;
+            lo[r] = hi[r] = 0;
+            if (r >= ng) { /* padding row: zero query, empty range, output discarded */
+                memset(qs, 0, (size_t)d * sizeof(float));
+                continue;
+            }
+            const float *qr = a->q + ((b * a->T + t0 + g0 + r) * Hq + h) * d;
+            for (int64_t c = 0; c < d; c++) qs[c] = qr[c] * a->scale;
+            att_key_range(a, a->q_pos0 + t0 + g0 + r, kvl, &lo[r], &hi[r]);
+            lo[r] -= jlo;
+            hi[r] -= jlo;
+            if (hi[r] > lo[r]) {
+                glo = lo[r] < glo ? lo[r] : glo;
+                ghi = hi[r] > ghi ? hi[r] : ghi;
+            }
+        }
+        float *o0 = out0 + g0 * orow;
+        if (ghi <= glo) { /* every row of the group is empty */
+            for (int r = 0; r < ng; r++) memset(o0 + r * orow, 0, (size_t)d * sizeof(float));
+            continue;
+        }
+        /* Scores on whole ATT_KC tiles covering the group's keys; per-row masks set -inf. */
+        const int64_t cl = glo / ATT_KC * ATT_KC;
+        const int64_t ch = (ghi + ATT_KC - 1) / ATT_KC * ATT_KC;
+        a->qk(w->Qs, d, w->Kt, ldk, cl, ch, w->Sc, ldk);
+        float inv[4];
+        for (int r = 0; r < 4; r++) {
+            float *s = w->Sc + r * ldk;
+            if (hi[r] <= lo[r]) {
+                for (int64_t j = cl; j < ch; j++) s[j] = 0.0f;
+                inv[r] = 0.0f;
+                continue;
+            }
+            for (int64_t j = cl; j < lo[r]; j++) s[j] = -INFINITY;
+            for (int64_t j = hi[r]; j < ch; j++) s[j] = -INFINITY;
+            inv[r] = 1.0f / att_softmax_exp(s + cl, ch - cl);
+        }
+        a->pv(w->Sc, ldk, V, ldv, d_pad, glo, ghi, w->O);
+        for (int r = 0; r < ng; r++) {
+            const float *o = w->O + r * d_pad;
+            float *dst = o0 + r * orow;
+            for (int64_t c = 0; c < d; c++) dst[c] = o[c] * inv[r];
+        }
+    }
+}
+
+/* One task: batch b, query heads [h0, h0 + hp) (all reading kv head h0 / (Hq / Hkv)), query rows
+ * [t0, t0 + nr). Stages the keys those rows can see once for all hp heads. */
+static void att_task(const att_args *a, const att_scratch *w, int64_t b, int64_t h0, int64_t t0,
+                     int64_t nr) {
+    const int64_t d = a->d, Hkv = a->Hkv;
+    const int64_t hk = h0 / (a->Hq / Hkv);
+    const int64_t kvl = a->kv_len ? a->kv_len[b] : a->S;
+
+    /* Key ranges are monotone in the row, so the rows see [lo(first row), hi(last row)). */
+    int64_t jlo, jhi, unused;
+    att_key_range(a, a->q_pos0 + t0, kvl, &jlo, &unused);
+    att_key_range(a, a->q_pos0 + t0 + nr - 1, kvl, &unused, &jhi);
+    if (jhi <= jlo) { /* no row sees any key: defined output 0 */
+        for (int64_t h = h0; h < h0 + a->hp; h++)
+            for (int64_t r = 0; r < nr; r++)
+                memset(a->out + ((b * a->T + t0 + r) * a->Hq + h) * d, 0, (size_t)d * sizeof(float));
+        return;
+    }
+    const int64_t span = jhi - jlo;
+    const int64_t ldk = (span + ATT_KC - 1) / ATT_KC * ATT_KC;
+    const float *K = a->k + ((b * a->S + jlo) * Hkv + hk) * d;
+    const float *V = a->v + ((b * a->S + jlo) * Hkv + hk) * d;
+    int64_t ldv = Hkv * d;
+    att_stage_keys(K, Hkv * d, span, d, w->Kt, ldk);
+    if (a->d_pad != d) { /* pv works on whole ATT_DC columns: copy values zero padded */
+        for (int64_t j = 0; j < span; j++) {
+            memcpy(w->Vp + j * a->d_pad, V + j * ldv, (size_t)d * sizeof(float));
+            for (int64_t c = d; c < a->d_pad; c++) w->Vp[j * a->d_pad + c] = 0.0f;
+        }
+        V = w->Vp;
+        ldv = a->d_pad;
+    }
+    for (int64_t h = h0; h < h0 + a->hp; h++) att_head_rows(a, w, b, h, t0, nr, kvl, jlo, ldk, V, ldv);
+}
+
+int awq_attention_f32_isa(const float *q, const float *k, const float *v, float *out, int64_t B,
+                          int64_t T, int64_t S, int64_t Hq, int64_t Hkv, int64_t d, float scale,
+                          int64_t q_pos0, int64_t window, const int64_t *kv_len, awq_isa isa,
+                          awq_err *err) {
+    if (B < 0 || T < 0 || S <= 0 || Hq <= 0 || Hkv <= 0 || d <= 0)
+        return awq_set_err(err, AWQ_ERR_VALUE,
+                           "attention: bad shape B=%lld T=%lld S=%lld Hq=%lld Hkv=%lld d=%lld",
+                           (long long)B, (long long)T, (long long)S, (long long)Hq, (long long)Hkv,
+                           (long long)d);
+    if (Hq % Hkv)
+        return awq_set_err(err, AWQ_ERR_VALUE,
+                           "attention: query heads (%lld) must be a multiple of kv heads (%lld)",
+                           (long long)Hq, (long long)Hkv);
+    if (q_pos0 < 0 || q_pos0 + T > S)
+        return awq_set_err(err, AWQ_ERR_VALUE,
+                           "attention: queries sit at positions q_pos0=%lld .. %lld but there are "
+                           "only S=%lld keys (need 0 <= q_pos0 and q_pos0 + T <= S)",
+                           (long long)q_pos0, (long long)(q_pos0 + T - 1), (long long)S);
+    if (window < 0)
+        return awq_set_err(err, AWQ_ERR_VALUE, "attention: window must be >= 0 (got %lld)",
+                           (long long)window);
+    if (!isfinite(scale))
+        return awq_set_err(err, AWQ_ERR_VALUE, "attention: scale must be finite (got %g)",
+                           (double)scale);
+    if (kv_len)
+        for (int64_t b = 0; b < B; b++)
+            if (kv_len[b] < 0 || kv_len[b] > S)
+                return awq_set_err(err, AWQ_ERR_VALUE,
+                                   "attention: kv_len[%lld] = %lld is outside [0, S=%lld]",
+                                   (long long)b, (long long)kv_len[b], (long long)S);
+    if (isa > awq_cpu_isa())
+        return awq_set_err(err, AWQ_ERR_VALUE, "attention: this CPU cannot run the %s kernels",
+                           awq_isa_name(isa));
+    if (B == 0 || T == 0) return AWQ_OK;
+
+    att_args a = {q, k, v, out, T, S, Hq, Hkv, d, (d + ATT_DC - 1) / ATT_DC * ATT_DC, Hq / Hkv,
+                  scale, q_pos0, window, kv_len, att_qk_generic, att_pv_generic};
+#ifdef AWQ_X86_KERNELS
+    if (isa == AWQ_ISA_AVX512) {
+        a.qk = att_qk_avx512;
+        a.pv = att_pv_avx512;
+    } else if (isa == AWQ_ISA_AVX2) {
+        a.qk = att_qk_avx2;
+        a.pv = att_pv_avx2;
+    }
+#endif
+    const int64_t rb = T < ATT_RB ? T : ATT_RB;
+    const int64_t nblk = (T + rb - 1) / rb;
+    /* Heads sharing a kv head share one task (and one key staging) unless that leaves too few
+     * tasks to keep the threads busy (small-batch decode). */
+    if (B * Hkv * nblk < 4 * (int64_t)awq_num_threads()) a.hp = 1;
+    const int64_t hgroups = Hq / a.hp;
+    const int64_t ntask = B * hgroups * nblk;
+    /* Widest key span of one task: all S keys, or window + rows - 1 with a sliding window. */
+    int64_t span_cap = window > 0 && window + rb - 1 < S ? window + rb - 1 : S;
+    span_cap = (span_cap + ATT_KC - 1) / ATT_KC * ATT_KC;
+    /* Sub-buffers are multiples of 16 floats so each starts 64-byte aligned. */
+    const size_t n_kt = (size_t)(d * span_cap + 15) / 16 * 16;
+    const size_t n_vp = a.d_pad != d ? (size_t)(span_cap * a.d_pad) : 0;
+    const size_t n_sc = (size_t)(4 * span_cap), n_qs = (size_t)((4 * d + 15) / 16 * 16);
+    const size_t n_o = (size_t)(4 * a.d_pad);
+    const size_t n_all = n_kt + n_vp + n_sc + n_qs + n_o;
+
+    int failed = 0;
+#pragma omp parallel
+    {
+        float *buf = aligned_alloc(64, n_all * sizeof(float));
+        if (!buf) {
+#pragma omp atomic write
+            failed = 1;
+        }
+        att_scratch w = {0};
+        if (buf) {
+            w.Kt = buf;
+            w.Vp = w.Kt + n_kt;
+            w.Sc = w.Vp + n_vp;
+            w.Qs = w.Sc + n_sc;
+            w.O = w.Qs + n_qs;
+        }
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t task = 0; task < ntask; task++) {
+            if (!buf) continue;
+            const int64_t blk = task % nblk, bg = task / nblk;
+            const int64_t t0 = blk * rb, nr = T - t0 < rb ? T - t0 : rb;
+            att_task(&a, &w, bg / hgroups, (bg % hgroups) * a.hp, t0, nr);
+        }
+        free(buf);
+    }
+    if (failed)
+        return awq_set_err(err, AWQ_ERR_NOMEM,
+                           "attention: out of memory for %zu floats of per-thread scratch", n_all);
+    return AWQ_OK;
+}
+
+int awq_attention_f32(const float *q, const float *k, const float *v, float *out, int64_t B,
+                      int64_t T, int64_t S, int64_t Hq, int64_t Hkv, int64_t d, float scale,
+                      int64_t q_pos0, int64_t window, const int64_t *kv_len, awq_err *err) {
+    return awq_attention_f32_isa(q, k, v, out, B, T, S, Hq, Hkv, d, scale, q_pos0, window, kv_len,
+                                 awq_cpu_isa(), err);
+}
+
+/* ---------------------------------------------------------------- abs_mean */
 
 int awq_abs_mean_f32(const float *x, float *out, int64_t M, int64_t K, awq_err *err) {
     if (M <= 0 || K <= 0)

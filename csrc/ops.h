@@ -39,6 +39,12 @@ int awq_rope_f32(float *x, const float *cos, const float *sin, int64_t M, int64_
 int awq_attention_f32(const float *q, const float *k, const float *v, float *out, int64_t B,
                       int64_t T, int64_t S, int64_t Hq, int64_t Hkv, int64_t d, float scale,
                       int64_t q_pos0, int64_t window, const int64_t *kv_len, awq_err *err);
+/* The same with the micro-kernel ISA forced (tests run every path); isa must not exceed
+ * awq_cpu_isa(). Rows that see no key at all (kv_len[b] = 0, or a window past kv_len) output 0. */
+int awq_attention_f32_isa(const float *q, const float *k, const float *v, float *out, int64_t B,
+                          int64_t T, int64_t S, int64_t Hq, int64_t Hkv, int64_t d, float scale,
+                          int64_t q_pos0, int64_t window, const int64_t *kv_len, awq_isa isa,
+                          awq_err *err);
 
 /* y[i] = silu(gate[i]) * up[i] over n elements. */
 int awq_silu_mul_f32(const float *gate, const float *up, float *y, int64_t n, awq_err *err);
