@@ -47,6 +47,33 @@ def cpu_model():
     return platform.processor() or "unknown"
 
 
+def cpu_busy(interval=0.25):
+    """Fraction of CPU time used by anything over `interval` seconds (Linux /proc/stat), or None."""
+    def snap():
+        with open("/proc/stat") as f:
+            v = [int(a) for a in f.readline().split()[1:]]
+        return sum(v), v[3] + v[4]
+
+    try:
+        t0, i0 = snap()
+        time.sleep(interval)
+        t1, i1 = snap()
+    except OSError:
+        return None
+    return 1.0 - (i1 - i0) / max(1, t1 - t0)
+
+
+def wait_idle(limit_s=60.0):
+    """Waits (up to limit_s) for other processes to leave the cores: the kernels use both cores, so
+    a busy neighbour distorts every number. Returns the busy fraction last seen."""
+    t0 = time.time()
+    busy = cpu_busy()
+    while busy is not None and busy > 0.1 and time.time() - t0 < limit_s:
+        time.sleep(1.0)
+        busy = cpu_busy()
+    return busy
+
+
 def median_time(fn, reps, warmup=2):
     for _ in range(warmup):
         fn()
@@ -137,6 +164,9 @@ def main():
                       f"({p.get('architecture')}, {p.get('threading_layer')}, {p.get('num_threads')} threads)")
     except ImportError:
         print("numpy BLAS: (threadpoolctl not installed)")
+    busy = wait_idle()
+    if busy is not None and busy > 0.1:
+        print(f"WARNING: other processes use {100 * busy:.0f}% of the CPU; numbers are distorted")
     bw1, bw2 = copy_bandwidth()
     print(f"copy bandwidth, 256 MB numpy copy (read + write): {bw1:.1f} GB/s on 1 thread, "
           f"{bw2:.1f} GB/s on 2 threads")
@@ -149,6 +179,7 @@ def main():
         pools[name] = pool
         x = rng.standard_normal((1, K)).astype(np.float32)
         reps = 2000 if pool.bytes < (4 << 20) else 200
+        wait_idle()
         t = median_time(lambda: pool.call(x), reps, warmup=20)
         gbs = pool.bytes / t / 1e9
         print(f"{name:<24}{t * 1e6:>10.1f}{pool.bytes / 1e6:>11.2f}{gbs:>8.1f}"
@@ -163,6 +194,7 @@ def main():
         wd = pool.dense()
         flops = 2.0 * M * K * N
         reps = max(3, min(50, int(2e11 / flops)))
+        wait_idle()
         t = median_time(lambda: pool.call(x), reps)
         tn = median_time(lambda: x @ wd, reps)
         print(f"{name:<24}{t * 1e3:>9.2f}{flops / t / 1e9:>9.1f}{tn * 1e3:>10.2f}"
