@@ -43,7 +43,9 @@ def main():
     ap.add_argument("--out", default="smollm2-135m-awq", help="output checkpoint folder")
     ap.add_argument("--calib-samples", type=int, default=48, help="max_calib_samples (texts)")
     ap.add_argument("--calib-seqlen", type=int, default=512, help="max_calib_seq_len (tokens per block)")
-    ap.add_argument("--group-size", type=int, default=128)
+    ap.add_argument("--group-size", type=int, default=None,
+                    help="q_group_size (default 128, or 64 when 128 does not divide the model's widths: "
+                         "SmolLM2-135M's hidden size is 576 = 9 x 64)")
     ap.add_argument("--eval-seqlen", type=int, default=1024, help="perplexity window")
     ap.add_argument("--eval-windows", type=int, default=None, help="limit perplexity windows")
     args = ap.parse_args()
@@ -61,6 +63,13 @@ def main():
           f"BLAS {info['blas']}")
     print(f"calibration: Lee corpus (gensim test data), max_calib_samples={args.calib_samples}, "
           f"max_calib_seq_len={args.calib_seqlen}; held-out: {len(corpus['heldout'])} other Lee documents")
+    if args.group_size is None:
+        import json
+
+        c = json.load(open(os.path.join(path, "config.json")))
+        widths = (c["hidden_size"], c["intermediate_size"], c["num_attention_heads"] * c.get(
+            "head_dim", c["hidden_size"] // c["num_attention_heads"]))
+        args.group_size = 128 if all(w % 128 == 0 for w in widths) else 64
     qc = {"zero_point": True, "q_group_size": args.group_size, "w_bit": 4, "version": "GEMM"}
     rows = []
 
