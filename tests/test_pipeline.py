@@ -304,3 +304,56 @@ def test_bad_config_value(tiny):
     json.dump(cfg, open(os.path.join(folder, "config.json"), "w"))
     with pytest.raises(ValueError, match="num_key_value_heads"):
         AutoAWQForCausalLM.from_pretrained(folder)
+
+
+def test_modules_to_not_convert_and_export_compatible(tmp_path):
+    folder = str(tmp_path / "f16")
+    write_tiny_model(folder, dtype=np.float16)
+    tok = CharTokenizer()
+    m = AutoAWQForCausalLM.from_pretrained(folder)
+    m.quantize(tok, quant_config=dict(QC, modules_to_not_convert=["mlp.down_proj"]), calib_data=calib_texts(),
+               max_calib_seq_len=64)
+    out = str(tmp_path / "q")
+    m.save_quantized(out)
+    cfg = json.load(open(os.path.join(out, "config.json")))
+    assert cfg["quantization_config"]["modules_to_not_convert"] == [
+        "model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj"]
+    from awq.io.checkpoint import open_checkpoint
+
+    ck = open_checkpoint(out)
+    assert ck.dtype("model.layers.1.mlp.down_proj.weight") == "F16"
+    assert "model.layers.1.mlp.down_proj.qweight" not in ck and "model.layers.1.mlp.up_proj.qweight" in ck
+    q = AutoAWQForCausalLM.from_quantized(out)
+    np.testing.assert_allclose(q.forward([[5, 6, 7]]), m.forward([[5, 6, 7]]), rtol=1e-3, atol=1e-3)
+
+    e = AutoAWQForCausalLM.from_pretrained(folder)
+    e.quantize(tok, quant_config=QC, calib_data=calib_texts(), max_calib_seq_len=64, export_compatible=True)
+    e.save_quantized(str(tmp_path / "e"))
+    cfg = json.load(open(tmp_path / "e" / "config.json"))
+    assert "quantization_config" not in cfg
+    fe = AutoAWQForCausalLM.from_pretrained(str(tmp_path / "e"))
+    # the saved fp16 model is the in-memory AWQ-transformed (scaled + clipped) float model, up to
+    # fp16 rounding of the stored weights (~5e-4 relative per weight)
+    assert rel_err(fe.forward([[5, 6, 7, 8]]), e.forward([[5, 6, 7, 8]])) < 5e-3
+
+
+def test_dlpack_input(tiny):
+    folder, _, _ = tiny
+    m = AutoAWQForCausalLM.from_pretrained(folder)
+
+    class DL:  # a DLPack producer that is not a numpy array (as a torch tensor is)
+        def __init__(self, a):
+            self.a = a
+
+        def __dlpack__(self, **kw):
+            return self.a.__dlpack__(**kw)
+
+        def __dlpack_device__(self):
+            return self.a.__dlpack_device__()
+
+    ids = np.array([[1, 2, 3, 4]], dtype=np.int32)
+    np.testing.assert_array_equal(m.forward(DL(ids)), m.forward(ids.tolist()))
+    with pytest.raises(TypeError, match="integers"):
+        m.forward(np.array([[0.5, 1.0]]))
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        m.forward([[1, 99999]])
