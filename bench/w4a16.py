@@ -160,7 +160,8 @@ def main():
 
         for p in threadpool_info():
             if p.get("user_api") == "blas":
-                print(f"numpy BLAS: {p.get('internal_api')} {p.get('version')} "
+                who = "numpy's" if "numpy" in p.get("filepath", "") else "awq's"
+                print(f"BLAS ({who}): {p.get('internal_api')} {p.get('version')} "
                       f"({p.get('architecture')}, {p.get('threading_layer')}, {p.get('num_threads')} threads)")
     except ImportError:
         print("numpy BLAS: (threadpoolctl not installed)")
