@@ -59,9 +59,9 @@ def main():
         q = AutoAWQForCausalLM.from_quantized(args.checkpoint)
     else:
         q = AutoAWQForCausalLM.from_pretrained(path)
-        q.quantize(None, quant_config={"w_bit": 4, "q_group_size": 128}, rtn=True)
+        q.quantize(None, quant_config={"w_bit": 4, "q_group_size": 64}, rtn=True)
     rows = []
-    for name, m in (("fp16 (F16 weights, fp32 math)", fp), ("AWQ w4 g128 (W4A16 kernels)", q)):
+    for name, m in (("fp16 (F16 weights, fp32 math)", fp), ("AWQ w4 g64 (W4A16 kernels)", q)):
         run(m, prompt[:, :16], 4)  # warm-up
         pre, dec = run(m, prompt, args.new)
         rows.append((name, pre, dec))
