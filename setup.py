@@ -100,7 +100,9 @@ def _extension():
         define_macros.append(("AWQ_HAVE_SCIPY_OPENBLAS", "1"))
         libraries.append(lib)
         library_dirs.append(libdir)
-        runtime_dirs.append(libdir)
+        # $ORIGIN-relative for regular installs (site-packages/awq -> site-packages/scipy_openblas32);
+        # awq/__init__.py also preloads the library, which covers editable installs.
+        runtime_dirs.append("$ORIGIN/../scipy_openblas32/lib")
     compile_args = ["-O3", "-std=c11", "-fopenmp", "-fno-math-errno", "-Wall", "-Wno-unknown-pragmas"]
     if os.environ.get("AWQ_SANITIZE"):
         compile_args += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-O1"]
