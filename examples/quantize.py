@@ -99,8 +99,8 @@ def main():
     rows.append(("AWQ w4 g%d" % args.group_size, ppl_awq, folder_mb(args.out), tq, time.time() - t))
 
     print()
-    print(f"| method | held-out perplexity | checkpoint MB | quantize s | eval s |")
-    print(f"|---|---|---|---|---|")
+    print("| method | held-out perplexity | checkpoint MB | quantize s | eval s |")
+    print("|---|---|---|---|---|")
     for name, ppl, mb, tq, te in rows:
         print(f"| {name} | {ppl:.3f} | {'-' if mb is None else f'{mb:.1f}'} | {tq:.1f} | {te:.1f} |")
     print(f"\ncheckpoint written to {os.path.abspath(args.out)}; total time {time.time() - t0:.0f} s "

@@ -24,7 +24,7 @@ from typing import Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
-from .safetensors import BF16, SafetensorsFile, TensorLike, save_file
+from .safetensors import BF16, SafetensorsFile, TensorLike, _DuplicateKey, _pairs_no_duplicates, save_file
 
 __all__ = [
     "CheckpointError",
@@ -55,20 +55,6 @@ class CheckpointError(ValueError):
 # ---------------------------------------------------------------------------------------------
 # JSON
 # ---------------------------------------------------------------------------------------------
-
-
-class _DuplicateKey(Exception):
-    def __init__(self, key: str):
-        self.key = key
-
-
-def _pairs_no_duplicates(pairs: List[Tuple[str, object]]) -> dict:
-    out: dict = {}
-    for key, value in pairs:
-        if key in out:
-            raise _DuplicateKey(key)
-        out[key] = value
-    return out
 
 
 def _json_depth(value: object) -> int:

@@ -78,7 +78,6 @@ def _load_named(name: str, split: str, text_column: str, n_samples: int) -> List
         return _offline_default()
     hub_name, hub_split = DEFAULT_HUB_DATASETS.get(name, (name, split))
     try:
-        import datasets  # noqa: F401
         from datasets import load_dataset
 
         ds = load_dataset(hub_name, split=hub_split)

@@ -122,7 +122,7 @@ class AwqQuantizer:
     # ---- main loop -------------------------------------------------------------------------
     def quantize(self):
         """Returns (layers, reports): per layer a dict of tensors ready for the runtime/save."""
-        spec, cfg = self.spec, self.cfg
+        cfg = self.cfg
         if self.rtn:
             blocks = None
         else:

@@ -10,7 +10,6 @@ from typing import Callable, Dict, Optional
 
 import numpy as np
 
-from awq._backend import C
 from awq.runtime.layers import KVCache, _rms, block_rope, layer_forward
 
 
