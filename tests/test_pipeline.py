@@ -357,3 +357,23 @@ def test_dlpack_input(tiny):
         m.forward(np.array([[0.5, 1.0]]))
     with pytest.raises(ValueError, match="outside the vocabulary"):
         m.forward([[1, 99999]])
+
+
+def test_bf16_checkpoint(tmp_path):
+    from awq.io.safetensors import BF16, save_file
+    from tiny import tiny_tensors
+
+    cfg = tiny_config()
+    folder = tmp_path / "bf16"
+    folder.mkdir()
+    t = {k: BF16.from_float(v.astype(np.float32)) for k, v in tiny_tensors(cfg).items()}
+    save_file(t, str(folder / "model.safetensors"))
+    json.dump(cfg, open(folder / "config.json", "w"))
+    # the reference sees the bf16-rounded weights in float64
+    ref_t = {k: (v.bits.astype(np.uint32) << 16).view(np.float32).astype(np.float64) for k, v in t.items()}
+    m = AutoAWQForCausalLM.from_pretrained(str(folder))
+    ids = np.array([4, 8, 15, 16, 23, 42])
+    # bf16 values are exact in fp16 except tiny ones that become fp16 subnormals: ~1e-4 relative
+    assert rel_err(m.forward(ids[None])[0], ref_forward(cfg, ref_t, ids)) < 1e-3
+    m.quantize(CharTokenizer(), quant_config=QC, calib_data=calib_texts(), max_calib_seq_len=64)
+    assert np.isfinite(m.forward(ids[None])).all()

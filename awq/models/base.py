@@ -186,15 +186,28 @@ class BaseAWQForCausalLM:
         return out
 
     def _float_layer(self, i: int) -> Dict:
-        """Runtime modules of an unquantized layer straight from the checkpoint (fp16: zero-copy)."""
+        """Runtime modules of an unquantized layer from the checkpoint. fp16 weights are used in
+        place (zero-copy views of the mmap); other dtypes are converted once, to fp16 when that is
+        exact enough and in range, and kept, so generation does not convert them every token."""
+        cache = self.__dict__.setdefault("_float_cache", {})
+        if i in cache:
+            return cache[i]
         spec, ck = self.spec, self.ckpt
-        W = {}
+        W, converted = {}, False
         for lin in spec.linear_names():
             wname, bname = self._name(i, lin + ".weight"), self._name(i, lin + ".bias")
-            w = ck.get(wname) if ck.dtype(wname) == "F16" else ck.get_float32(wname)
+            if ck.dtype(wname) == "F16":
+                w = ck.get(wname)
+            else:
+                converted = True
+                w = ck.get_float32(wname)
+                if ck.dtype(wname) == "BF16" and np.abs(w).max(initial=0.0) < 6e4:
+                    w = w.astype(np.float16)
             W[lin] = make_linear(w, ck.get_float32(bname) if bname in ck else None)
         for n in spec.norm_names():
             W[n] = ck.get_float32(self._name(i, n + ".weight"))
+        if converted:
+            cache[i] = W
         return W
 
     def _load_quantized_layer(self, i: int) -> Dict:
