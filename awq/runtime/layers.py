@@ -69,6 +69,23 @@ def make_linear(weight, bias=None):
     return DenseLinear(weight, bias)
 
 
+class CpuOps:
+    """The op set the block forward uses, on numpy arrays through the C core. A GPU op set
+    (awq.gpu) offers the same names and signatures over GpuTensors."""
+
+    rmsnorm = staticmethod(C.rmsnorm)
+    rope_ = staticmethod(C.rope_)
+    attention = staticmethod(C.attention)
+    silu_mul = staticmethod(C.silu_mul)
+
+    @staticmethod
+    def add(a, b, out=None):
+        return np.add(a, b, out=out)
+
+
+CPU_OPS = CpuOps()
+
+
 class KVCache:
     """Preallocated per-layer keys and values [B, max_len, Hkv, d] fp32 and the filled length."""
 
@@ -82,26 +99,26 @@ class KVCache:
         self.length = 0
 
 
-def _rms(x2: np.ndarray, w: np.ndarray, eps: float, norm_kind: str) -> np.ndarray:
-    return C.rmsnorm(x2, w, eps, 1.0 if norm_kind == "rms_unit" else 0.0)
+def _rms(x2, w, eps: float, norm_kind: str, ops=CPU_OPS):
+    return ops.rmsnorm(x2, w, eps, 1.0 if norm_kind == "rms_unit" else 0.0)
 
 
-def attn_forward(spec, cfg, W: Dict, h: np.ndarray, B: int, T: int, rope, q_pos0: int = 0,
+def attn_forward(spec, cfg, W: Dict, h, B: int, T: int, rope, q_pos0: int = 0,
                  cache: Optional[KVCache] = None, layer_idx: int = 0,
-                 capture: Optional[Dict] = None) -> np.ndarray:
+                 capture: Optional[Dict] = None, ops=CPU_OPS):
     """Self-attention block. h: normed input [B*T, D] -> [B*T, D] (before the residual add)."""
     Hq, Hkv, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     q = W[spec.q](h)
     k = W[spec.k](h)
     v = W[spec.v](h)
     if spec.q_norm:
-        q = _rms(q.reshape(-1, d), W[spec.q_norm], cfg.rms_norm_eps, spec.norm_kind)
-        k = _rms(k.reshape(-1, d), W[spec.k_norm], cfg.rms_norm_eps, spec.norm_kind)
+        q = _rms(q.reshape(-1, d), W[spec.q_norm], cfg.rms_norm_eps, spec.norm_kind, ops)
+        k = _rms(k.reshape(-1, d), W[spec.k_norm], cfg.rms_norm_eps, spec.norm_kind, ops)
     q = q.reshape(B * T, Hq, d)
     k = k.reshape(B * T, Hkv, d)
     cos, sin = rope
-    C.rope_(q, cos, sin, cfg.rotary_dim)
-    C.rope_(k, cos, sin, cfg.rotary_dim)
+    ops.rope_(q, cos, sin, cfg.rotary_dim)
+    ops.rope_(k, cos, sin, cfg.rotary_dim)
     q = q.reshape(B, T, Hq, d)
     k = k.reshape(B, T, Hkv, d)
     v = v.reshape(B, T, Hkv, d)
@@ -112,40 +129,40 @@ def attn_forward(spec, cfg, W: Dict, h: np.ndarray, B: int, T: int, rope, q_pos0
         cache.v[layer_idx][:, q_pos0:q_pos0 + T] = v
         k_all, v_all = cache.k[layer_idx], cache.v[layer_idx]
         # Keys past q_pos0 + T are masked by causality, so the whole buffer is passed uncopied.
-        o = C.attention(q, k_all, v_all, d ** -0.5, q_pos0, cfg.sliding_window)
+        o = ops.attention(q, k_all, v_all, d ** -0.5, q_pos0, cfg.sliding_window)
     else:
-        o = C.attention(q, k, v, d ** -0.5, 0, cfg.sliding_window)
+        o = ops.attention(q, k, v, d ** -0.5, 0, cfg.sliding_window)
     o = o.reshape(B * T, Hq * d)
     if capture is not None:
         capture[spec.o] = o
     return W[spec.o](o)
 
 
-def mlp_forward(spec, W: Dict, h: np.ndarray, capture: Optional[Dict] = None) -> np.ndarray:
+def mlp_forward(spec, W: Dict, h, capture: Optional[Dict] = None, ops=CPU_OPS):
     """Gated MLP: down(act(gate(h)) * up(h)); h [M, D] -> [M, D]."""
     g = W[spec.gate](h)
     u = W[spec.up](h)
-    a = C.silu_mul(g, u)
+    a = ops.silu_mul(g, u)
     if capture is not None:
         capture[spec.down] = a
     return W[spec.down](a)
 
 
-def layer_forward(spec, cfg, W: Dict, x: np.ndarray, rope, q_pos0: int = 0,
+def layer_forward(spec, cfg, W: Dict, x, rope, q_pos0: int = 0,
                   cache: Optional[KVCache] = None, layer_idx: int = 0,
-                  capture: Optional[Dict] = None) -> np.ndarray:
-    """One decoder layer. x: [B, T, D] fp32 -> [B, T, D] fp32 (new array)."""
+                  capture: Optional[Dict] = None, ops=CPU_OPS):
+    """One decoder layer. x: [B, T, D] -> [B, T, D] (new array)."""
     B, T, D = x.shape
     x2 = x.reshape(B * T, D)
-    h = _rms(x2, W[spec.input_norm], cfg.rms_norm_eps, spec.norm_kind)
+    h = _rms(x2, W[spec.input_norm], cfg.rms_norm_eps, spec.norm_kind, ops)
     if capture is not None:
         capture[spec.q] = h
-    a = attn_forward(spec, cfg, W, h, B, T, rope, q_pos0, cache, layer_idx, capture)
-    x2 = x2 + a
-    h = _rms(x2, W[spec.post_attn_norm], cfg.rms_norm_eps, spec.norm_kind)
+    a = attn_forward(spec, cfg, W, h, B, T, rope, q_pos0, cache, layer_idx, capture, ops)
+    x2 = ops.add(x2, a)
+    h = _rms(x2, W[spec.post_attn_norm], cfg.rms_norm_eps, spec.norm_kind, ops)
     if capture is not None:
         capture[spec.gate] = h
-    x2 += mlp_forward(spec, W, h, capture)
+    ops.add(x2, mlp_forward(spec, W, h, capture, ops), out=x2)
     return x2.reshape(B, T, D)
 
 
