@@ -734,6 +734,754 @@ done:
     return res;
 }
 
+/* ---- CUDA tensors and ops ---- */
+/* Bindings of csrc/kernels/ops_cuda.h for awq/gpu.py: the per-device context (a capsule owning the
+ * caching allocator and the cuBLAS handle), device blocks (capsules that give their memory back to
+ * the context's cache when collected), copies, DLPack capsules in and out, and the dense ops.
+ * GPU tensors are Python objects (awq.gpu.GpuTensor); these bindings take their raw device
+ * pointers (Python ints) and sizes, which awq/gpu.py checks (dtype, shape, device) before calling.
+ * `stream` arguments are cudaStream_t handles as ints (0 = the legacy default stream). */
+#ifdef AWQ_WITH_CUDA
+#include "kernels/ops_cuda.h"
+
+#define CTX_CAPSULE "awq.cuda_context"
+#define BLOCK_CAPSULE "awq.cuda_block"
+#define DL_OWNER_CAPSULE "awq.dlpack_owner"
+
+static void ctx_capsule_free(PyObject *cap) {
+    awq_cuda_ctx *ctx = (awq_cuda_ctx *)PyCapsule_GetPointer(cap, CTX_CAPSULE);
+    if (ctx) awq_cuda_ctx_destroy(ctx);
+    else PyErr_Clear();
+}
+
+/* Context pointer of a context capsule (borrowed), or NULL with a TypeError. */
+static awq_cuda_ctx *ctx_of(PyObject *obj) {
+    if (!PyCapsule_IsValid(obj, CTX_CAPSULE)) {
+        PyErr_SetString(PyExc_TypeError, "expected a CUDA context capsule (awq.gpu.context(d).handle)");
+        return NULL;
+    }
+    return (awq_cuda_ctx *)PyCapsule_GetPointer(obj, CTX_CAPSULE);
+}
+
+#define PTR(v) ((void *)(uintptr_t)(v))
+
+/* Runs a core call with the GIL released; on failure raises and jumps to `done`. */
+#define CUDA_CALL(call)                                                                            \
+    do {                                                                                           \
+        int st_;                                                                                   \
+        Py_BEGIN_ALLOW_THREADS st_ = (call);                                                       \
+        Py_END_ALLOW_THREADS if (st_) {                                                            \
+            raise_status(st_, &err);                                                               \
+            goto done;                                                                             \
+        }                                                                                          \
+    } while (0)
+
+PyDoc_STRVAR(cuda_context_new_doc,
+             "cuda_context_new(device: int) -> capsule: a CUDA context (caching allocator, cuBLAS\n"
+             "handle) for one device. RuntimeError naming the CUDA call when the device is unusable.");
+static PyObject *py_cuda_context_new(PyObject *self, PyObject *args) {
+    (void)self;
+    int device;
+    awq_cuda_ctx *ctx = NULL;
+    awq_err err = {{0}};
+    PyObject *res = NULL;
+    if (!PyArg_ParseTuple(args, "i:cuda_context_new", &device)) return NULL;
+    CUDA_CALL(awq_cuda_ctx_create(device, &ctx, &err));
+    res = PyCapsule_New(ctx, CTX_CAPSULE, ctx_capsule_free);
+    if (!res) awq_cuda_ctx_destroy(ctx);
+done:
+    return res;
+}
+
+/* A device block: memory from the context's allocator, returned to its cache by the capsule's
+ * destructor; holds a reference to the context capsule so the context outlives its blocks. */
+typedef struct {
+    PyObject *ctx_cap;
+    awq_cuda_ctx *ctx;
+    void *ptr;
+    size_t nbytes;
+} cuda_block;
+
+static void block_capsule_free(PyObject *cap) {
+    cuda_block *b = (cuda_block *)PyCapsule_GetPointer(cap, BLOCK_CAPSULE);
+    if (!b) {
+        PyErr_Clear();
+        return;
+    }
+    awq_cuda_free(b->ctx, b->ptr, b->nbytes);
+    Py_DECREF(b->ctx_cap);
+    PyMem_RawFree(b);
+}
+
+PyDoc_STRVAR(cuda_alloc_doc,
+             "cuda_alloc(ctx, nbytes: int, what: str) -> (block capsule, device pointer int).\n"
+             "The memory goes back to ctx's cache when the capsule is collected. Out of memory ->\n"
+             "MemoryError naming `what` and the size.");
+static PyObject *py_cuda_alloc(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *cap, *res = NULL;
+    unsigned long long nbytes;
+    const char *what;
+    void *ptr = NULL;
+    awq_err err = {{0}};
+    if (!PyArg_ParseTuple(args, "OKs:cuda_alloc", &cap, &nbytes, &what)) return NULL;
+    awq_cuda_ctx *ctx = ctx_of(cap);
+    if (!ctx) return NULL;
+    cuda_block *b = (cuda_block *)PyMem_RawMalloc(sizeof *b);
+    if (!b) return PyErr_NoMemory();
+    CUDA_CALL(awq_cuda_alloc(ctx, (size_t)nbytes, what, &ptr, &err));
+    b->ctx_cap = cap;
+    b->ctx = ctx;
+    b->ptr = ptr;
+    b->nbytes = (size_t)nbytes;
+    Py_INCREF(cap);
+    PyObject *bc = PyCapsule_New(b, BLOCK_CAPSULE, block_capsule_free);
+    if (!bc) {
+        awq_cuda_free(ctx, ptr, (size_t)nbytes);
+        Py_DECREF(cap);
+        PyMem_RawFree(b);
+        return NULL;
+    }
+    b = NULL;
+    res = Py_BuildValue("(NK)", bc, (unsigned long long)(uintptr_t)ptr);
+done:
+    PyMem_RawFree(b);
+    return res;
+}
+
+PyDoc_STRVAR(cuda_memory_stats_doc,
+             "cuda_memory_stats(ctx) -> dict of the allocator's byte and call counters: in_use,\n"
+             "requested, cached, reserved, peak_in_use, peak_reserved, n_alloc, n_cache_hit,\n"
+             "n_cuda_malloc, n_cuda_free.");
+static PyObject *py_cuda_memory_stats(PyObject *self, PyObject *cap) {
+    (void)self;
+    awq_cuda_ctx *ctx = ctx_of(cap);
+    if (!ctx) return NULL;
+    awq_cuda_mem_stats s;
+    awq_cuda_mem_stats_get(ctx, &s);
+    return Py_BuildValue("{s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L}", "in_use", (long long)s.in_use,
+                         "requested", (long long)s.requested, "cached", (long long)s.cached,
+                         "reserved", (long long)s.reserved, "peak_in_use", (long long)s.peak_in_use,
+                         "peak_reserved", (long long)s.peak_reserved, "n_alloc", (long long)s.n_alloc,
+                         "n_cache_hit", (long long)s.n_cache_hit, "n_cuda_malloc",
+                         (long long)s.n_cuda_malloc, "n_cuda_free", (long long)s.n_cuda_free);
+}
+
+PyDoc_STRVAR(cuda_empty_cache_doc, "cuda_empty_cache(ctx) -> None: cudaFree of every cached block.");
+static PyObject *py_cuda_empty_cache(PyObject *self, PyObject *cap) {
+    (void)self;
+    awq_err err = {{0}};
+    PyObject *res = NULL;
+    awq_cuda_ctx *ctx = ctx_of(cap);
+    if (!ctx) return NULL;
+    CUDA_CALL(awq_cuda_empty_cache(ctx, &err));
+    Py_INCREF(Py_None);
+    res = Py_None;
+done:
+    return res;
+}
+
+PyDoc_STRVAR(cuda_size_class_doc, "cuda_size_class(nbytes) -> int: bytes the allocator reserves.");
+static PyObject *py_cuda_size_class(PyObject *self, PyObject *args) {
+    (void)self;
+    unsigned long long n;
+    if (!PyArg_ParseTuple(args, "K:cuda_size_class", &n)) return NULL;
+    return PyLong_FromUnsignedLongLong((unsigned long long)awq_cuda_size_class((size_t)n));
+}
+
+PyDoc_STRVAR(cuda_dtype_names_doc,
+             "cuda_dtype_names() -> tuple of dtype names indexed by the core's dtype code.");
+static PyObject *py_cuda_dtype_names(PyObject *self, PyObject *noargs) {
+    (void)self;
+    (void)noargs;
+    return Py_BuildValue("(ssssss)", awq_dtype_name(AWQ_DT_F32), awq_dtype_name(AWQ_DT_F16),
+                         awq_dtype_name(AWQ_DT_BF16), awq_dtype_name(AWQ_DT_I32),
+                         awq_dtype_name(AWQ_DT_I64), awq_dtype_name(AWQ_DT_U8));
+}
+
+PyDoc_STRVAR(cuda_copy_doc,
+             "cuda_copy_htod(ctx, dst_ptr, src_buffer, stream) / cuda_copy_dtoh(ctx, dst_buffer,\n"
+             "src_ptr, stream): copies a whole C-contiguous host buffer (waits for the stream);\n"
+             "cuda_copy_dtod(ctx, dst_ptr, src_ptr, nbytes, stream) queues a device copy.");
+static PyObject *py_cuda_copy_htod(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *cap, *src, *res = NULL;
+    unsigned long long dst, stream;
+    Py_buffer view = {0};
+    awq_err err = {{0}};
+    if (!PyArg_ParseTuple(args, "OKOK:cuda_copy_htod", &cap, &dst, &src, &stream)) return NULL;
+    awq_cuda_ctx *ctx = ctx_of(cap);
+    if (!ctx) return NULL;
+    if (PyObject_GetBuffer(src, &view, PyBUF_C_CONTIGUOUS) < 0) return NULL;
+    CUDA_CALL(awq_cuda_copy(ctx, PTR(dst), view.buf, (size_t)view.len, AWQ_COPY_H2D, PTR(stream), &err));
+    Py_INCREF(Py_None);
+    res = Py_None;
+done:
+    PyBuffer_Release(&view);
+    return res;
+}
+
+static PyObject *py_cuda_copy_dtoh(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *cap, *dst, *res = NULL;
+    unsigned long long src, stream;
+    Py_buffer view = {0};
+    awq_err err = {{0}};
+    if (!PyArg_ParseTuple(args, "OOKK:cuda_copy_dtoh", &cap, &dst, &src, &stream)) return NULL;
+    awq_cuda_ctx *ctx = ctx_of(cap);
+    if (!ctx) return NULL;
+    if (PyObject_GetBuffer(dst, &view, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0) return NULL;
+    CUDA_CALL(awq_cuda_copy(ctx, view.buf, PTR(src), (size_t)view.len, AWQ_COPY_D2H, PTR(stream), &err));
+    Py_INCREF(Py_None);
+    res = Py_None;
+done:
+    PyBuffer_Release(&view);
+    return res;
+}
+
+static PyObject *py_cuda_copy_dtod(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *cap, *res = NULL;
+    unsigned long long dst, src, nbytes, stream;
+    awq_err err = {{0}};
+    if (!PyArg_ParseTuple(args, "OKKKK:cuda_copy_dtod", &cap, &dst, &src, &nbytes, &stream)) return NULL;
+    awq_cuda_ctx *ctx = ctx_of(cap);
+    if (!ctx) return NULL;
+    CUDA_CALL(awq_cuda_copy(ctx, PTR(dst), PTR(src), (size_t)nbytes, AWQ_COPY_D2D, PTR(stream), &err));
+    Py_INCREF(Py_None);
+    res = Py_None;
+done:
+    return res;
+}
+
+PyDoc_STRVAR(cuda_memset_doc, "cuda_memset(ctx, ptr, byte, nbytes, stream) -> None (queued).");
+static PyObject *py_cuda_memset(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *cap, *res = NULL;
+    unsigned long long ptr, nbytes, stream;
+    int byte;
+    awq_err err = {{0}};
+    if (!PyArg_ParseTuple(args, "OKiKK:cuda_memset", &cap, &ptr, &byte, &nbytes, &stream)) return NULL;
+    awq_cuda_ctx *ctx = ctx_of(cap);
+    if (!ctx) return NULL;
+    CUDA_CALL(awq_cuda_memset(ctx, PTR(ptr), byte, (size_t)nbytes, PTR(stream), &err));
+    Py_INCREF(Py_None);
+    res = Py_None;
+done:
+    return res;
+}
+
+PyDoc_STRVAR(cuda_sync_doc,
+             "cuda_sync(ctx, stream) waits for the stream; cuda_stream_wait(ctx, waiter, signaler)\n"
+             "makes stream `waiter` wait on the device for the work queued so far on `signaler`.");
+static PyObject *py_cuda_sync(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *cap, *res = NULL;
+    unsigned long long stream;
+    awq_err err = {{0}};
+    if (!PyArg_ParseTuple(args, "OK:cuda_sync", &cap, &stream)) return NULL;
+    awq_cuda_ctx *ctx = ctx_of(cap);
+    if (!ctx) return NULL;
+    CUDA_CALL(awq_cuda_stream_sync(ctx, PTR(stream), &err));
+    Py_INCREF(Py_None);
+    res = Py_None;
+done:
+    return res;
+}
+
+static PyObject *py_cuda_stream_wait(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *cap, *res = NULL;
+    unsigned long long waiter, signaler;
+    awq_err err = {{0}};
+    if (!PyArg_ParseTuple(args, "OKK:cuda_stream_wait", &cap, &waiter, &signaler)) return NULL;
+    awq_cuda_ctx *ctx = ctx_of(cap);
+    if (!ctx) return NULL;
+    CUDA_CALL(awq_cuda_stream_wait(ctx, PTR(waiter), PTR(signaler), &err));
+    Py_INCREF(Py_None);
+    res = Py_None;
+done:
+    return res;
+}
+
+/* ---- DLPack in: the producer's capsule is renamed "used_..." (consumed) and its managed tensor
+ * is kept by an owner capsule whose destructor calls the producer's deleter. */
+
+typedef struct {
+    void *managed;
+    int versioned;
+} dl_owner;
+
+static void dl_owner_free(PyObject *cap) {
+    dl_owner *o = (dl_owner *)PyCapsule_GetPointer(cap, DL_OWNER_CAPSULE);
+    if (!o) {
+        PyErr_Clear();
+        return;
+    }
+    if (o->versioned) {
+        awq_dl_managed_versioned *m = (awq_dl_managed_versioned *)o->managed;
+        if (m->deleter) m->deleter(m);
+    } else {
+        awq_dl_managed *m = (awq_dl_managed *)o->managed;
+        if (m->deleter) m->deleter(m);
+    }
+    PyMem_RawFree(o);
+}
+
+PyDoc_STRVAR(dlpack_import_doc,
+             "dlpack_import(capsule) -> (owner, ptr, shape, strides or None, (code, bits, lanes),\n"
+             "(device_type, device_id), readonly): consumes a 'dltensor' or 'dltensor_versioned'\n"
+             "capsule; `owner` keeps the producer's memory alive (its deleter runs when owner is\n"
+             "collected). ptr includes byte_offset; strides are in elements.");
+static PyObject *py_dlpack_import(PyObject *self, PyObject *cap) {
+    (void)self;
+    int versioned;
+    if (PyCapsule_IsValid(cap, "dltensor")) versioned = 0;
+    else if (PyCapsule_IsValid(cap, "dltensor_versioned")) versioned = 1;
+    else {
+        PyErr_SetString(PyExc_ValueError, "dlpack_import: expected an unconsumed DLPack capsule "
+                                          "('dltensor' or 'dltensor_versioned'); a capsule can be "
+                                          "consumed only once");
+        return NULL;
+    }
+    void *managed = PyCapsule_GetPointer(cap, versioned ? "dltensor_versioned" : "dltensor");
+    if (!managed) return NULL;
+    awq_dl_tensor *t;
+    int readonly = 0;
+    if (versioned) {
+        awq_dl_managed_versioned *m = (awq_dl_managed_versioned *)managed;
+        if (m->version.major != 1) {
+            PyErr_Format(PyExc_BufferError, "dlpack_import: DLPack major version %u is not supported "
+                         "(expected 1)", m->version.major);
+            return NULL;
+        }
+        t = &m->dl_tensor;
+        readonly = (m->flags & AWQ_DL_FLAG_READ_ONLY) != 0;
+    } else {
+        t = &((awq_dl_managed *)managed)->dl_tensor;
+    }
+    if (t->ndim < 0 || t->ndim > 8) {
+        PyErr_Format(PyExc_ValueError, "dlpack_import: %d dims (at most 8)", (int)t->ndim);
+        return NULL;
+    }
+    PyObject *shape = PyTuple_New(t->ndim), *strides = NULL, *owner = NULL, *res = NULL;
+    if (!shape) return NULL;
+    for (int i = 0; i < t->ndim; i++) PyTuple_SET_ITEM(shape, i, PyLong_FromLongLong(t->shape[i]));
+    if (t->strides) {
+        if (!(strides = PyTuple_New(t->ndim))) goto fail;
+        for (int i = 0; i < t->ndim; i++)
+            PyTuple_SET_ITEM(strides, i, PyLong_FromLongLong(t->strides[i]));
+    } else {
+        Py_INCREF(Py_None);
+        strides = Py_None;
+    }
+    dl_owner *o = (dl_owner *)PyMem_RawMalloc(sizeof *o);
+    if (!o) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    o->managed = managed;
+    o->versioned = versioned;
+    if (!(owner = PyCapsule_New(o, DL_OWNER_CAPSULE, dl_owner_free))) {
+        PyMem_RawFree(o);
+        goto fail;
+    }
+    /* consumed from here on: the producer's capsule destructor no longer frees the tensor */
+    if (PyCapsule_SetName(cap, versioned ? "used_dltensor_versioned" : "used_dltensor") < 0) {
+        o->managed = NULL; /* cannot happen for a valid capsule; never call the deleter twice */
+        goto fail;
+    }
+    res = Py_BuildValue("(OKOO(iii)(ii)O)", owner,
+                        (unsigned long long)((uintptr_t)t->data + t->byte_offset), shape, strides,
+                        (int)t->dtype.code, (int)t->dtype.bits, (int)t->dtype.lanes,
+                        (int)t->device.device_type, (int)t->device.device_id,
+                        readonly ? Py_True : Py_False);
+fail:
+    Py_XDECREF(shape);
+    Py_XDECREF(strides);
+    Py_XDECREF(owner);
+    return res;
+}
+
+/* ---- DLPack out: one malloc'd record holds the managed tensor (legacy or versioned), its shape
+ * and strides and a reference to the Python owner of the memory (the GpuTensor). */
+
+typedef struct {
+    union {
+        awq_dl_managed legacy;
+        awq_dl_managed_versioned ver;
+    } h; /* first member: the deleters cast their argument back to dl_export */
+    PyObject *owner;
+    int64_t dims[16]; /* shape [0, 8), strides [8, 16) */
+} dl_export;
+
+static int interpreter_alive(void) {
+#if PY_VERSION_HEX >= 0x030D0000
+    return !Py_IsFinalizing();
+#else
+    return !_Py_IsFinalizing();
+#endif
+}
+
+/* Deleter called by the consumer, maybe from another thread, maybe without the GIL. */
+static void dl_export_release(dl_export *e) {
+    if (interpreter_alive()) {
+        PyGILState_STATE g = PyGILState_Ensure();
+        Py_XDECREF(e->owner);
+        PyGILState_Release(g);
+    }
+    free(e);
+}
+static void dl_export_delete_legacy(awq_dl_managed *m) { dl_export_release((dl_export *)m); }
+static void dl_export_delete_versioned(awq_dl_managed_versioned *m) {
+    dl_export_release((dl_export *)m);
+}
+
+/* Destructor of an exported capsule: frees the tensor only if no consumer took it. */
+static void dl_export_capsule_free(PyObject *cap) {
+    if (PyCapsule_IsValid(cap, "dltensor")) {
+        awq_dl_managed *m = (awq_dl_managed *)PyCapsule_GetPointer(cap, "dltensor");
+        if (m && m->deleter) m->deleter(m);
+    } else if (PyCapsule_IsValid(cap, "dltensor_versioned")) {
+        awq_dl_managed_versioned *m =
+            (awq_dl_managed_versioned *)PyCapsule_GetPointer(cap, "dltensor_versioned");
+        if (m && m->deleter) m->deleter(m);
+    }
+}
+
+PyDoc_STRVAR(dlpack_export_doc,
+             "dlpack_export(owner, ptr, shape, (code, bits, lanes), device_id, versioned: bool)\n"
+             "-> DLPack capsule ('dltensor_versioned' v1.0 when versioned, else 'dltensor') of a\n"
+             "C-contiguous CUDA tensor; the capsule (then its consumer) holds a reference to owner.");
+static PyObject *py_dlpack_export(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *owner, *shape_obj, *cap = NULL;
+    unsigned long long ptr;
+    int code, bits, lanes, device, versioned;
+    if (!PyArg_ParseTuple(args, "OKO(iii)ip:dlpack_export", &owner, &ptr, &shape_obj, &code, &bits,
+                          &lanes, &device, &versioned))
+        return NULL;
+    PyObject *shape = PySequence_Fast(shape_obj, "dlpack_export: shape must be a sequence");
+    if (!shape) return NULL;
+    const Py_ssize_t nd = PySequence_Fast_GET_SIZE(shape);
+    dl_export *e = NULL;
+    if (nd > 8) {
+        PyErr_Format(PyExc_ValueError, "dlpack_export: %zd dims (at most 8)", nd);
+        goto fail;
+    }
+    if (!(e = (dl_export *)calloc(1, sizeof *e))) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    for (Py_ssize_t i = 0; i < nd; i++) {
+        e->dims[i] = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(shape, i));
+        if (e->dims[i] == -1 && PyErr_Occurred()) goto fail;
+    }
+    for (Py_ssize_t i = nd - 1, stride = 1; i >= 0; i--) { /* C-contiguous strides in elements */
+        e->dims[8 + i] = stride;
+        stride *= e->dims[i];
+    }
+    awq_dl_tensor *t = versioned ? &e->h.ver.dl_tensor : &e->h.legacy.dl_tensor;
+    t->data = PTR(ptr);
+    t->device.device_type = AWQ_DL_CUDA;
+    t->device.device_id = device;
+    t->ndim = (int32_t)nd;
+    t->dtype.code = (uint8_t)code;
+    t->dtype.bits = (uint8_t)bits;
+    t->dtype.lanes = (uint16_t)lanes;
+    t->shape = e->dims;
+    t->strides = e->dims + 8;
+    t->byte_offset = 0;
+    if (versioned) {
+        e->h.ver.version.major = 1;
+        e->h.ver.version.minor = 0;
+        e->h.ver.manager_ctx = e;
+        e->h.ver.deleter = dl_export_delete_versioned;
+        e->h.ver.flags = 0;
+    } else {
+        e->h.legacy.manager_ctx = e;
+        e->h.legacy.deleter = dl_export_delete_legacy;
+    }
+    if (!(cap = PyCapsule_New(e, versioned ? "dltensor_versioned" : "dltensor",
+                              dl_export_capsule_free)))
+        goto fail;
+    Py_INCREF(owner);
+    e->owner = owner;
+    Py_DECREF(shape);
+    return cap;
+fail:
+    free(e);
+    Py_DECREF(shape);
+    return NULL;
+}
+
+/* ---- ops: one binding per ops_cuda.h entry point */
+
+PyDoc_STRVAR(cuda_rmsnorm_doc,
+             "cuda_rmsnorm(ctx, dt, x, w_f32, y, M, D, eps, unit_offset, stream): y = rmsnorm(x).");
+static PyObject *py_cuda_rmsnorm(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *cap, *res = NULL;
+    int dt;
+    unsigned long long x, w, y, stream;
+    long long M, D;
+    double eps, off;
+    awq_err err = {{0}};
+    if (!PyArg_ParseTuple(args, "OiKKKLLddK:cuda_rmsnorm", &cap, &dt, &x, &w, &y, &M, &D, &eps, &off,
+                          &stream))
+        return NULL;
+    awq_cuda_ctx *ctx = ctx_of(cap);
+    if (!ctx) return NULL;
+    CUDA_CALL(awq_cuda_rmsnorm(ctx, dt, PTR(x), (const float *)PTR(w), PTR(y), M, D, (float)eps,
+                               (float)off, PTR(stream), &err));
+    Py_INCREF(Py_None);
+    res = Py_None;
+done:
+    return res;
+}
+
+PyDoc_STRVAR(cuda_rope_doc,
+             "cuda_rope(ctx, dt, x, cos_f32, sin_f32, M, H, d, rot, stream): rope in place.");
+static PyObject *py_cuda_rope(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *cap, *res = NULL;
+    int dt;
+    unsigned long long x, c, s, stream;
+    long long M, H, d, rot;
+    awq_err err = {{0}};
+    if (!PyArg_ParseTuple(args, "OiKKKLLLLK:cuda_rope", &cap, &dt, &x, &c, &s, &M, &H, &d, &rot,
+                          &stream))
+        return NULL;
+    awq_cuda_ctx *ctx = ctx_of(cap);
+    if (!ctx) return NULL;
+    CUDA_CALL(awq_cuda_rope(ctx, dt, PTR(x), (const float *)PTR(c), (const float *)PTR(s), M, H, d,
+                            rot, PTR(stream), &err));
+    Py_INCREF(Py_None);
+    res = Py_None;
+done:
+    return res;
+}
+
+PyDoc_STRVAR(cuda_attention_doc,
+             "cuda_attention(ctx, dt, q, k, v, out, B, T, S, Hq, Hkv, d, scale, q_pos0, window,\n"
+             "               kv_len_i64_or_0, stream): causal GQA attention.");
+static PyObject *py_cuda_attention(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *cap, *res = NULL;
+    int dt;
+    unsigned long long q, k, v, out, kvl, stream;
+    long long B, T, S, Hq, Hkv, d, q_pos0, window;
+    double scale;
+    awq_err err = {{0}};
+    if (!PyArg_ParseTuple(args, "OiKKKKLLLLLLdLLKK:cuda_attention", &cap, &dt, &q, &k, &v, &out, &B,
+                          &T, &S, &Hq, &Hkv, &d, &scale, &q_pos0, &window, &kvl, &stream))
+        return NULL;
+    awq_cuda_ctx *ctx = ctx_of(cap);
+    if (!ctx) return NULL;
+    CUDA_CALL(awq_cuda_attention(ctx, dt, PTR(q), PTR(k), PTR(v), PTR(out), B, T, S, Hq, Hkv, d,
+                                 (float)scale, q_pos0, window, (const int64_t *)PTR(kvl),
+                                 PTR(stream), &err));
+    Py_INCREF(Py_None);
+    res = Py_None;
+done:
+    return res;
+}
+
+PyDoc_STRVAR(cuda_binary_doc,
+             "cuda_silu_mul(ctx, dt, gate, up, y, n, stream) / cuda_add(ctx, dt, a, b, y, n, stream).");
+static PyObject *cuda_binary(PyObject *args, int which) {
+    PyObject *cap, *res = NULL;
+    int dt;
+    unsigned long long a, b, y, stream;
+    long long n;
+    awq_err err = {{0}};
+    if (!PyArg_ParseTuple(args, which ? "OiKKKLK:cuda_add" : "OiKKKLK:cuda_silu_mul", &cap, &dt, &a,
+                          &b, &y, &n, &stream))
+        return NULL;
+    awq_cuda_ctx *ctx = ctx_of(cap);
+    if (!ctx) return NULL;
+    CUDA_CALL(which ? awq_cuda_add(ctx, dt, PTR(a), PTR(b), PTR(y), n, PTR(stream), &err)
+                    : awq_cuda_silu_mul(ctx, dt, PTR(a), PTR(b), PTR(y), n, PTR(stream), &err));
+    Py_INCREF(Py_None);
+    res = Py_None;
+done:
+    return res;
+}
+static PyObject *py_cuda_silu_mul(PyObject *self, PyObject *args) {
+    (void)self;
+    return cuda_binary(args, 0);
+}
+static PyObject *py_cuda_add(PyObject *self, PyObject *args) {
+    (void)self;
+    return cuda_binary(args, 1);
+}
+
+PyDoc_STRVAR(cuda_abs_mean_doc, "cuda_abs_mean(ctx, dt, x, out_f32, M, K, stream).");
+static PyObject *py_cuda_abs_mean(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *cap, *res = NULL;
+    int dt;
+    unsigned long long x, out, stream;
+    long long M, K;
+    awq_err err = {{0}};
+    if (!PyArg_ParseTuple(args, "OiKKLLK:cuda_abs_mean", &cap, &dt, &x, &out, &M, &K, &stream))
+        return NULL;
+    awq_cuda_ctx *ctx = ctx_of(cap);
+    if (!ctx) return NULL;
+    CUDA_CALL(awq_cuda_abs_mean(ctx, dt, PTR(x), (float *)PTR(out), M, K, PTR(stream), &err));
+    Py_INCREF(Py_None);
+    res = Py_None;
+done:
+    return res;
+}
+
+PyDoc_STRVAR(cuda_cast_doc, "cuda_cast(ctx, src_dt, src, dst_dt, dst, n, stream).");
+static PyObject *py_cuda_cast(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *cap, *res = NULL;
+    int sdt, ddt;
+    unsigned long long src, dst, stream;
+    long long n;
+    awq_err err = {{0}};
+    if (!PyArg_ParseTuple(args, "OiKiKLK:cuda_cast", &cap, &sdt, &src, &ddt, &dst, &n, &stream))
+        return NULL;
+    awq_cuda_ctx *ctx = ctx_of(cap);
+    if (!ctx) return NULL;
+    CUDA_CALL(awq_cuda_cast(ctx, sdt, PTR(src), ddt, PTR(dst), n, PTR(stream), &err));
+    Py_INCREF(Py_None);
+    res = Py_None;
+done:
+    return res;
+}
+
+PyDoc_STRVAR(cuda_copy_strided_doc,
+             "cuda_copy_strided(ctx, elem_size, src, shape, strides, dst, stream): gathers a strided\n"
+             "tensor (strides in elements) into C-contiguous dst.");
+static PyObject *py_cuda_copy_strided(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *cap, *shape_o, *strides_o, *res = NULL, *shape = NULL, *strides = NULL;
+    int es;
+    unsigned long long src, dst, stream;
+    int64_t sh[8], sd[8];
+    awq_err err = {{0}};
+    if (!PyArg_ParseTuple(args, "OiKOOKK:cuda_copy_strided", &cap, &es, &src, &shape_o, &strides_o,
+                          &dst, &stream))
+        return NULL;
+    awq_cuda_ctx *ctx = ctx_of(cap);
+    if (!ctx) return NULL;
+    if (!(shape = PySequence_Fast(shape_o, "shape must be a sequence"))) goto done;
+    if (!(strides = PySequence_Fast(strides_o, "strides must be a sequence"))) goto done;
+    const Py_ssize_t nd = PySequence_Fast_GET_SIZE(shape);
+    if (nd > 8 || PySequence_Fast_GET_SIZE(strides) != nd) {
+        PyErr_SetString(PyExc_ValueError,
+                        "cuda_copy_strided: shape and strides must have the same length <= 8");
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < nd; i++) {
+        sh[i] = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(shape, i));
+        sd[i] = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(strides, i));
+        if (PyErr_Occurred()) goto done;
+    }
+    CUDA_CALL(awq_cuda_copy_strided(ctx, es, PTR(src), sh, sd, (int)nd, PTR(dst), PTR(stream), &err));
+    Py_INCREF(Py_None);
+    res = Py_None;
+done:
+    Py_XDECREF(shape);
+    Py_XDECREF(strides);
+    return res;
+}
+
+PyDoc_STRVAR(cuda_linear_doc,
+             "cuda_linear(ctx, dt, x, w, bias_f32_or_0, y_dt, y, M, K, N, stream): y = x @ w.T + b\n"
+             "through cuBLAS with fp32 accumulation.");
+static PyObject *py_cuda_linear(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *cap, *res = NULL;
+    int dt, ydt;
+    unsigned long long x, w, b, y, stream;
+    long long M, K, N;
+    awq_err err = {{0}};
+    if (!PyArg_ParseTuple(args, "OiKKKiKLLLK:cuda_linear", &cap, &dt, &x, &w, &b, &ydt, &y, &M, &K,
+                          &N, &stream))
+        return NULL;
+    awq_cuda_ctx *ctx = ctx_of(cap);
+    if (!ctx) return NULL;
+    CUDA_CALL(awq_cuda_linear(ctx, dt, PTR(x), PTR(w), (const float *)PTR(b), ydt, PTR(y), M, K, N,
+                              PTR(stream), &err));
+    Py_INCREF(Py_None);
+    res = Py_None;
+done:
+    return res;
+}
+
+PyDoc_STRVAR(cuda_pseudo_quantize_doc,
+             "cuda_pseudo_quantize(ctx, dt, w, w_dq, N, K, group_size, w_bit, zero_point,\n"
+             "                     check_finite, stream).");
+static PyObject *py_cuda_pseudo_quantize(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *cap, *res = NULL;
+    int dt, bits, zp, check;
+    unsigned long long w, wdq, stream;
+    long long N, K, g;
+    awq_err err = {{0}};
+    if (!PyArg_ParseTuple(args, "OiKKLLLippK:cuda_pseudo_quantize", &cap, &dt, &w, &wdq, &N, &K, &g,
+                          &bits, &zp, &check, &stream))
+        return NULL;
+    awq_cuda_ctx *ctx = ctx_of(cap);
+    if (!ctx) return NULL;
+    CUDA_CALL(awq_cuda_pseudo_quantize(ctx, dt, PTR(w), PTR(wdq), N, K, g, bits, zp, check,
+                                       PTR(stream), &err));
+    Py_INCREF(Py_None);
+    res = Py_None;
+done:
+    return res;
+}
+
+PyDoc_STRVAR(cuda_clip_search_doc,
+             "cuda_clip_search(ctx, dt, w, x, max_val_f32, N, K, T, group_size, w_bit, zero_point,\n"
+             "                 n_grid, max_shrink, stream).");
+static PyObject *py_cuda_clip_search(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *cap, *res = NULL;
+    int dt, bits, zp, n_grid;
+    unsigned long long w, x, mv, stream;
+    long long N, K, T, g;
+    double max_shrink;
+    awq_err err = {{0}};
+    if (!PyArg_ParseTuple(args, "OiKKKLLLLipidK:cuda_clip_search", &cap, &dt, &w, &x, &mv, &N, &K,
+                          &T, &g, &bits, &zp, &n_grid, &max_shrink, &stream))
+        return NULL;
+    awq_cuda_ctx *ctx = ctx_of(cap);
+    if (!ctx) return NULL;
+    CUDA_CALL(awq_cuda_clip_search(ctx, dt, PTR(w), PTR(x), (float *)PTR(mv), N, K, T, g, bits, zp,
+                                   n_grid, (float)max_shrink, PTR(stream), &err));
+    Py_INCREF(Py_None);
+    res = Py_None;
+done:
+    return res;
+}
+
+#define METH_V(name) {#name, py_##name, METH_VARARGS, name##_doc}
+#define METH_O1(name) {#name, py_##name, METH_O, name##_doc}
+#define AWQ_CUDA_OPS_METHODS                                                                       \
+    METH_V(cuda_context_new), METH_V(cuda_alloc), METH_O1(cuda_memory_stats),                      \
+        METH_O1(cuda_empty_cache), METH_V(cuda_size_class),                                        \
+        {"cuda_dtype_names", py_cuda_dtype_names, METH_NOARGS, cuda_dtype_names_doc},              \
+        {"cuda_copy_htod", py_cuda_copy_htod, METH_VARARGS, cuda_copy_doc},                        \
+        {"cuda_copy_dtoh", py_cuda_copy_dtoh, METH_VARARGS, cuda_copy_doc},                        \
+        {"cuda_copy_dtod", py_cuda_copy_dtod, METH_VARARGS, cuda_copy_doc}, METH_V(cuda_memset),   \
+        METH_V(cuda_sync), {"cuda_stream_wait", py_cuda_stream_wait, METH_VARARGS, cuda_sync_doc}, \
+        METH_O1(dlpack_import), METH_V(dlpack_export), METH_V(cuda_rmsnorm), METH_V(cuda_rope),    \
+        METH_V(cuda_attention), {"cuda_silu_mul", py_cuda_silu_mul, METH_VARARGS, cuda_binary_doc}, \
+        {"cuda_add", py_cuda_add, METH_VARARGS, cuda_binary_doc}, METH_V(cuda_abs_mean),           \
+        METH_V(cuda_cast), METH_V(cuda_copy_strided), METH_V(cuda_linear),                         \
+        METH_V(cuda_pseudo_quantize), METH_V(cuda_clip_search),
+#undef CUDA_CALL
+#else
+#define AWQ_CUDA_OPS_METHODS
+#endif /* AWQ_WITH_CUDA */
+/* ---- end CUDA tensors and ops ---- */
+
 /* ---------------------------------------------------------------- module */
 
 static PyMethodDef methods[] = {
@@ -761,6 +1509,7 @@ static PyMethodDef methods[] = {
     {"unpack_gemm", py_unpack_gemm, METH_VARARGS, unpack_gemm_doc},
     {"clip_search", (PyCFunction)(void (*)(void))py_clip_search, METH_VARARGS | METH_KEYWORDS,
      clip_search_doc},
+    AWQ_CUDA_OPS_METHODS /* ---- CUDA tensors and ops (methods) ---- */
     /* AWQ_METHODS_END (keep: new entries go above this line) */
     {NULL, NULL, 0, NULL},
 };

@@ -6,6 +6,21 @@
 #define AWQ_CUDA_H
 #include "../awq.h"
 
+#ifdef __CUDACC__
+#include <cuda_runtime.h>
+/* The one CUDA check macro: on failure records the statement, file and line and returns an error
+ * status from the enclosing function (which takes an `awq_err *` named by err). */
+#ifndef AWQ_CUDA_CHECK
+#define AWQ_CUDA_CHECK(stmt, err)                                                                 \
+    do {                                                                                          \
+        cudaError_t e_ = (stmt);                                                                  \
+        if (e_ != cudaSuccess)                                                                    \
+            return awq_set_err((err), AWQ_ERR_RUNTIME, "%s failed at %s:%d: %s", #stmt, __FILE__, \
+                               __LINE__, cudaGetErrorString(e_));                                 \
+    } while (0)
+#endif
+#endif
+
 #ifdef __cplusplus
 extern "C" {
 #endif

@@ -5,15 +5,6 @@
 
 #include "awq_cuda.h"
 
-/* One check macro: records the statement, file and line, returns an error status. */
-#define AWQ_CUDA_CHECK(stmt, err)                                                                 \
-    do {                                                                                          \
-        cudaError_t e_ = (stmt);                                                                  \
-        if (e_ != cudaSuccess)                                                                    \
-            return awq_set_err((err), AWQ_ERR_RUNTIME, "%s failed at %s:%d: %s", #stmt, __FILE__, \
-                               __LINE__, cudaGetErrorString(e_));                                 \
-    } while (0)
-
 extern "C" int awq_cuda_device_count(int *count, awq_err *err) {
     *count = 0;
     AWQ_CUDA_CHECK(cudaGetDeviceCount(count), err);

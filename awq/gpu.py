@@ -1,0 +1,616 @@
+"""awq.gpu: GPU tensors and the dense GPU ops of the forward and of AWQ's statistics.
+
+`GpuTensor` is a C-contiguous block of device memory with a shape and a dtype (float32, float16,
+bfloat16, int32, int64, uint8). It either owns its memory (from the device's caching allocator,
+returned to the cache when the last reference goes) or is a zero-copy view of a foreign tensor
+(torch, cupy, ...) whose owner it keeps alive. Tensors travel without copies through DLPack
+(`from_dlpack`, `__dlpack__`, `__dlpack_device__`) and `__cuda_array_interface__` (version 3);
+`from_numpy` / `to_numpy` copy to and from the host.
+
+Streams: work is queued on the legacy default stream (stream 0) unless an op is given `stream=`
+(an int handle, or an object with `.cuda_stream` like torch.cuda.Stream or `.ptr` like cupy's).
+DLPack exchanges synchronize the two sides' streams as the protocol asks. Freed memory is reused in
+stream order, so a tensor used on a side stream must outlive that stream's work (as in torch).
+
+bfloat16 has no numpy dtype: `to_numpy()` of a bfloat16 tensor returns its raw bits as uint16, and
+`from_numpy(bits_u16, dtype="bfloat16")` takes raw bits back; `t.to("float32").to_numpy()` gives
+values, `from_numpy(float_array, dtype="bfloat16")` rounds values to nearest even.
+
+Importing this module touches no GPU; the first call that needs one creates that device's context
+and raises RuntimeError naming why when there is no usable GPU (no CUDA build, no driver, no
+device). All checks of dtype, shape and device happen here, before the C bindings (which take raw
+device pointers) are called.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import prod
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+
+from awq import _backend
+
+C = _backend.C
+
+# ---------------------------------------------------------------- dtypes
+
+
+@dataclass(frozen=True)
+class DType:
+    name: str
+    code: int  # the core's awq_dtype number (csrc/kernels/ops_cuda.h)
+    itemsize: int
+    dl: Tuple[int, int, int]  # DLPack (type code, bits, lanes)
+    storage: np.dtype  # numpy dtype of to_numpy() (bfloat16: its raw bits as uint16)
+    typestr: Optional[str]  # __cuda_array_interface__ typestr (None: no standard one)
+
+    def __repr__(self):
+        return self.name
+
+
+# The table: one row per dtype. Tests check it against the core (C.cuda_dtypenames()).
+DTYPES: Dict[str, DType] = {
+    d.name: d
+    for d in (
+        DType("float32", 0, 4, (2, 32, 1), np.dtype(np.float32), "<f4"),
+        DType("float16", 1, 2, (2, 16, 1), np.dtype(np.float16), "<f2"),
+        DType("bfloat16", 2, 2, (4, 16, 1), np.dtype(np.uint16), None),
+        DType("int32", 3, 4, (0, 32, 1), np.dtype(np.int32), "<i4"),
+        DType("int64", 4, 8, (0, 64, 1), np.dtype(np.int64), "<i8"),
+        DType("uint8", 5, 1, (1, 8, 1), np.dtype(np.uint8), "|u1"),
+    )
+}
+float32, float16, bfloat16 = DTYPES["float32"], DTYPES["float16"], DTYPES["bfloat16"]
+int32, int64, uint8 = DTYPES["int32"], DTYPES["int64"], DTYPES["uint8"]
+FLOATS = (float32, float16, bfloat16)
+_BY_DL = {d.dl: d for d in DTYPES.values()}
+_DL_DEVICE_NAMES = {1: "CPU", 2: "CUDA", 3: "CUDA host (pinned)", 4: "OpenCL", 7: "Vulkan", 8: "Metal",
+                    10: "ROCm", 13: "CUDA managed", 14: "oneAPI"}
+
+
+def as_dtype(x) -> DType:
+    """DType of a name ('float16'), a DType, a numpy dtype or a torch dtype."""
+    if isinstance(x, DType):
+        return x
+    name = str(x)
+    name = name[len("torch."):] if name.startswith("torch.") else name
+    name = {"half": "float16", "float": "float32", "bf16": "bfloat16", "fp16": "float16",
+            "fp32": "float32", "long": "int64", "int": "int32"}.get(name, name)
+    if name not in DTYPES:
+        try:
+            name = np.dtype(x).name
+        except TypeError:
+            pass
+    if name not in DTYPES:
+        raise TypeError(f"unsupported GPU dtype {x!r}: expected one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+# ---------------------------------------------------------------- device contexts
+
+
+class Context:
+    """One device's CUDA context: the caching allocator (its blocks, stats) and the cuBLAS handle.
+    Obtained through `context(device)`; lives as long as a tensor of its device does."""
+
+    def __init__(self, device: int):
+        self.device = device
+        self.handle = C.cuda_context_new(device)
+
+    def memory_stats(self) -> dict:
+        """Bytes in use / cached / reserved (and peaks), allocation and cudaMalloc counters."""
+        return C.cuda_memory_stats(self.handle)
+
+    def empty_cache(self) -> None:
+        """Gives every cached (free) block back to the driver."""
+        C.cuda_empty_cache(self.handle)
+
+    def synchronize(self, stream=None) -> None:
+        C.cuda_sync(self.handle, _stream(stream))
+
+    def __repr__(self):
+        return f"<awq.gpu.Context device={self.device}>"
+
+
+_contexts: Dict[int, Context] = {}
+
+
+def is_available() -> bool:
+    """True when awq was built with CUDA and a device is visible."""
+    info = C.cuda_info()
+    return bool(info["built"] and info["devices"])
+
+
+def device_count() -> int:
+    return len(C.cuda_info()["devices"])
+
+
+def context(device: int = 0) -> Context:
+    """The context of `device`, created on first use. RuntimeError naming why when no GPU is
+    usable; ValueError for a device index that does not exist."""
+    ctx = _contexts.get(device)
+    if ctx is None:
+        info = _backend.require_cuda()
+        if not isinstance(device, int) or not 0 <= device < len(info["devices"]):
+            raise ValueError(f"CUDA device {device!r} does not exist ({len(info['devices'])} visible)")
+        ctx = _contexts.setdefault(device, Context(device))
+    return ctx
+
+
+def memory_stats(device: int = 0) -> dict:
+    return context(device).memory_stats()
+
+
+def empty_cache(device: Optional[int] = None) -> None:
+    """Empties the cache of `device`, or of every context created so far."""
+    for ctx in ([context(device)] if device is not None else list(_contexts.values())):
+        ctx.empty_cache()
+
+
+def synchronize(device: int = 0, stream=None) -> None:
+    context(device).synchronize(stream)
+
+
+def _stream(s) -> int:
+    """cudaStream_t handle as an int: None -> 0 (legacy default stream)."""
+    if s is None:
+        return 0
+    if isinstance(s, (int, np.integer)):
+        return int(s)
+    for attr in ("cuda_stream", "ptr", "handle"):
+        if hasattr(s, attr):
+            return int(getattr(s, attr))
+    raise TypeError(f"stream: expected an int handle or a stream object, got {type(s).__name__}")
+
+
+# ---------------------------------------------------------------- the tensor
+
+
+def _shape(shape) -> Tuple[int, ...]:
+    if isinstance(shape, (int, np.integer)):
+        shape = (shape,)
+    shape = tuple(int(s) for s in shape)
+    if any(s < 0 for s in shape):
+        raise ValueError(f"negative dimension in shape {shape}")
+    if len(shape) > 8:
+        raise ValueError(f"at most 8 dimensions (shape {shape})")
+    return shape
+
+
+class GpuTensor:
+    """A C-contiguous tensor in device memory. Build one with `empty`, `zeros`, `from_numpy` or
+    `from_dlpack`; the constructor is internal."""
+
+    __slots__ = ("shape", "dtype", "device", "ptr", "nbytes", "readonly", "_owner", "__weakref__")
+
+    def __init__(self, shape, dtype, device: int, ptr: int, owner, readonly: bool = False):
+        self.shape = _shape(shape)
+        self.dtype = as_dtype(dtype)
+        self.device = int(device)
+        self.ptr = int(ptr)
+        self.nbytes = prod(self.shape) * self.dtype.itemsize
+        self.readonly = bool(readonly)
+        self._owner = owner  # block capsule, DLPack owner capsule or a foreign object
+
+    # -------------------------------------------------- properties
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return prod(self.shape)
+
+    numel = size
+
+    @property
+    def itemsize(self) -> int:
+        return self.dtype.itemsize
+
+    @property
+    def strides(self) -> Tuple[int, ...]:
+        """Byte strides (C order)."""
+        st, acc = [], self.itemsize
+        for s in reversed(self.shape):
+            st.append(acc)
+            acc *= s
+        return tuple(reversed(st))
+
+    def data_ptr(self) -> int:
+        return self.ptr
+
+    @property
+    def context(self) -> Context:
+        return context(self.device)
+
+    def __repr__(self):
+        return f"GpuTensor(shape={self.shape}, dtype={self.dtype.name}, device=cuda:{self.device})"
+
+    def __len__(self):
+        if not self.shape:
+            raise TypeError("len() of a 0-d GpuTensor")
+        return self.shape[0]
+
+    # -------------------------------------------------- views and copies
+    def reshape(self, *shape) -> "GpuTensor":
+        """A view with another shape (one dimension may be -1)."""
+        if len(shape) == 1 and not isinstance(shape[0], (int, np.integer)):
+            shape = tuple(shape[0])
+        shape = tuple(int(s) for s in shape)
+        if shape.count(-1) > 1:
+            raise ValueError("reshape: at most one -1")
+        if -1 in shape:
+            rest = prod(s for s in shape if s != -1)
+            if rest == 0 or self.size % rest:
+                raise ValueError(f"reshape: cannot view {self.shape} as {shape}")
+            shape = tuple(self.size // rest if s == -1 else s for s in shape)
+        if prod(shape) != self.size:
+            raise ValueError(f"reshape: cannot view {self.shape} ({self.size} elements) as {shape}")
+        return GpuTensor(shape, self.dtype, self.device, self.ptr, self._owner, self.readonly)
+
+    view = reshape
+
+    def to(self, dtype, stream=None) -> "GpuTensor":
+        """A converted copy (float dtypes: round to nearest even). Same dtype: a copy too."""
+        d = as_dtype(dtype)
+        if d == self.dtype:
+            return self.clone(stream)
+        if self.dtype not in FLOATS or d not in FLOATS:
+            raise TypeError(f"to: only conversions among {', '.join(f.name for f in FLOATS)} run on "
+                            f"the GPU ({self.dtype.name} -> {d.name})")
+        out = empty(self.shape, d, self.device, what=f"{d.name} copy of {self!r}")
+        C.cuda_cast(self.context.handle, self.dtype.code, self.ptr, d.code, out.ptr, self.size,
+                    _stream(stream))
+        return out
+
+    def float(self, stream=None) -> "GpuTensor":
+        return self.to(float32, stream)
+
+    def clone(self, stream=None) -> "GpuTensor":
+        out = empty(self.shape, self.dtype, self.device, what=f"copy of {self!r}")
+        C.cuda_copy_dtod(self.context.handle, out.ptr, self.ptr, self.nbytes, _stream(stream))
+        return out
+
+    def copy_(self, src: "GpuTensor", stream=None) -> "GpuTensor":
+        """Copies src (same dtype and number of elements, any device of this process) into self."""
+        _check_tensor("copy_ src", src)
+        self._check_writable("copy_")
+        if src.dtype != self.dtype or src.size != self.size:
+            raise ValueError(f"copy_: source {src!r} does not match {self!r}")
+        C.cuda_copy_dtod(self.context.handle, self.ptr, src.ptr, self.nbytes, _stream(stream))
+        return self
+
+    def fill_bytes_(self, byte: int, stream=None) -> "GpuTensor":
+        """Sets every byte to `byte` (0xFF poisons floats with NaN: tests use it)."""
+        self._check_writable("fill_bytes_")
+        C.cuda_memset(self.context.handle, self.ptr, int(byte), self.nbytes, _stream(stream))
+        return self
+
+    def zero_(self, stream=None) -> "GpuTensor":
+        return self.fill_bytes_(0, stream)
+
+    def to_numpy(self, stream=None) -> np.ndarray:
+        """A host copy (waits for the stream). bfloat16 comes back as its raw bits (uint16)."""
+        out = np.empty(self.shape, self.dtype.storage)
+        if self.nbytes:
+            C.cuda_copy_dtoh(self.context.handle, out, self.ptr, _stream(stream))
+        return out
+
+    numpy = to_numpy
+
+    def _check_writable(self, op):
+        if self.readonly:
+            raise ValueError(f"{op}: {self!r} is read-only (imported from a read-only DLPack tensor)")
+
+    # -------------------------------------------------- DLPack and CUDA array interface
+    def __dlpack_device__(self) -> Tuple[int, int]:
+        return (2, self.device)  # kDLCUDA
+
+    def __dlpack__(self, *, stream=None, max_version=None, dl_device=None, copy=None):
+        """DLPack capsule of this tensor. `stream`: the consumer's stream (None / 1: the legacy
+        default stream, where our work runs; -1: no synchronization; otherwise that stream waits on
+        the device for the work queued so far on ours). Versioned capsule (DLPack 1.0) when the
+        consumer passes max_version >= (1, 0)."""
+        if dl_device is not None and tuple(dl_device) != self.__dlpack_device__():
+            raise BufferError(f"__dlpack__: {self!r} cannot be exported to device {tuple(dl_device)} "
+                              "without a copy across devices")
+        src = self.clone() if copy else self
+        if stream is not None and stream != -1 and int(stream) not in (0, 1):
+            C.cuda_stream_wait(self.context.handle, int(stream), 0)
+        versioned = max_version is not None and tuple(max_version)[0] >= 1
+        return C.dlpack_export(src, src.ptr, src.shape, src.dtype.dl, src.device, versioned)
+
+    @property
+    def __cuda_array_interface__(self) -> dict:
+        if self.dtype.typestr is None:
+            raise AttributeError(f"{self.dtype.name} has no __cuda_array_interface__ typestr; "
+                                 "exchange it through DLPack (__dlpack__)")
+        return {"shape": self.shape, "typestr": self.dtype.typestr, "data": (self.ptr, self.readonly),
+                "version": 3, "strides": None, "stream": 1}
+
+
+def _check_tensor(what: str, t, dtypes=None, ndim=None, device=None) -> GpuTensor:
+    """Raises a clear TypeError / ValueError unless t is a GpuTensor of the wanted kind."""
+    if not isinstance(t, GpuTensor):
+        hint = " (copy host arrays with awq.gpu.from_numpy)" if isinstance(t, np.ndarray) else (
+            " (wrap CUDA tensors with awq.gpu.from_dlpack)" if hasattr(t, "__dlpack__") else "")
+        raise TypeError(f"{what}: expected a GpuTensor, got {type(t).__name__}{hint}")
+    if dtypes is not None and t.dtype not in dtypes:
+        raise TypeError(f"{what}: dtype {t.dtype.name} is not supported here "
+                        f"({', '.join(d.name for d in dtypes)})")
+    if ndim is not None and t.ndim != ndim:
+        raise ValueError(f"{what}: expected {ndim} dimensions, got shape {t.shape}")
+    if device is not None and t.device != device:
+        raise ValueError(f"{what}: tensor is on cuda:{t.device}, the op runs on cuda:{device}")
+    return t
+
+
+# ---------------------------------------------------------------- constructors
+
+
+def empty(shape, dtype="float32", device: int = 0, *, what: Optional[str] = None) -> GpuTensor:
+    """Uninitialised tensor from the device's caching allocator. Out of memory: MemoryError naming
+    `what` (default: the tensor's shape and dtype) and the size in bytes."""
+    shape, d = _shape(shape), as_dtype(dtype)
+    ctx = context(device)
+    nbytes = prod(shape) * d.itemsize
+    block, ptr = C.cuda_alloc(ctx.handle, nbytes, what or f"GpuTensor{shape} {d.name}")
+    return GpuTensor(shape, d, device, ptr, block)
+
+
+def zeros(shape, dtype="float32", device: int = 0) -> GpuTensor:
+    return empty(shape, dtype, device).zero_()
+
+
+def from_numpy(arr, device: int = 0, dtype=None, stream=None) -> GpuTensor:
+    """Host -> device copy. dtype converts on the way (to bfloat16: values rounded to nearest even
+    on the GPU; a uint16 array with dtype='bfloat16' is taken as raw bfloat16 bits)."""
+    arr = np.asarray(arr)
+    d = as_dtype(dtype if dtype is not None else arr.dtype)
+    if d == bfloat16 and arr.dtype != np.uint16:
+        return from_numpy(np.asarray(arr, np.float32), device, float32, stream).to(bfloat16, stream)
+    host = np.asarray(arr, dtype=d.storage, order="C")  # keeps 0-d arrays 0-d
+    t = empty(host.shape, d, device)
+    if t.nbytes:
+        C.cuda_copy_htod(context(device).handle, t.ptr, host, _stream(stream))
+    return t
+
+
+def _is_capsule(obj) -> bool:
+    return type(obj).__name__ == "PyCapsule"
+
+
+def _contiguous(shape, strides) -> bool:
+    expect = 1
+    for s, st in zip(reversed(shape), reversed(strides)):
+        if s != 1 and st != expect:
+            return False
+        expect *= s
+    return True
+
+
+def from_dlpack(obj, stream=None) -> GpuTensor:
+    """Zero-copy GpuTensor over a CUDA DLPack producer (torch / cupy tensor, or a raw capsule).
+    The producer's memory stays alive as long as the GpuTensor (or a view) does. Non-contiguous
+    inputs are gathered into a new contiguous tensor (a copy). Host tensors: use from_numpy."""
+    if isinstance(obj, GpuTensor):
+        return obj
+    if _is_capsule(obj):
+        cap = obj
+    else:
+        if not hasattr(obj, "__dlpack__"):
+            raise TypeError(f"from_dlpack: {type(obj).__name__} is not a DLPack producer")
+        dev_type, dev_id = obj.__dlpack_device__()
+        if dev_type != 2:
+            raise ValueError(f"from_dlpack: the tensor lives on a {_DL_DEVICE_NAMES.get(dev_type, dev_type)}"
+                             " device; only CUDA device tensors come in zero-copy (copy host "
+                             "arrays with awq.gpu.from_numpy)")
+        context(dev_id)  # fails clearly when the GPU is not usable
+        # 1 = the legacy default stream, where our work runs: the producer makes its work visible.
+        consumer_stream = 1 if stream is None else _stream(stream)
+        try:
+            cap = obj.__dlpack__(stream=consumer_stream, max_version=(1, 0))
+        except TypeError:  # producers older than DLPack 1.0 take no max_version
+            cap = obj.__dlpack__(stream=consumer_stream)
+    owner, ptr, shape, strides, dl, (dev_type, dev_id), readonly = C.dlpack_import(cap)
+    if dev_type != 2:
+        raise ValueError(f"from_dlpack: capsule of a {_DL_DEVICE_NAMES.get(dev_type, dev_type)} "
+                         "tensor; only CUDA device tensors come in zero-copy")
+    if dl not in _BY_DL:
+        raise TypeError(f"from_dlpack: DLPack dtype (code {dl[0]}, {dl[1]} bits, {dl[2]} lanes) is not"
+                        f" one of {', '.join(DTYPES)}")
+    t = GpuTensor(shape, _BY_DL[dl], dev_id, ptr, owner, readonly)
+    if strides is not None and not _contiguous(shape, strides):
+        out = empty(shape, t.dtype, dev_id, what=f"contiguous copy of a strided DLPack {t!r}")
+        ctx = context(dev_id)
+        C.cuda_copy_strided(ctx.handle, t.itemsize, ptr, shape, strides, out.ptr, 0)
+        ctx.synchronize()  # the producer may reuse its memory once `t` is dropped
+        return out
+    return t
+
+
+def as_gpu(obj, device: int = 0, dtype=None) -> GpuTensor:
+    """GpuTensor from a GpuTensor (as is), a CUDA DLPack producer (zero-copy) or host data (copy);
+    dtype converts (a copy) when given and different."""
+    if isinstance(obj, GpuTensor) or (hasattr(obj, "__dlpack_device__") and obj.__dlpack_device__()[0] == 2):
+        t = from_dlpack(obj)
+        return t if dtype is None or as_dtype(dtype) == t.dtype else t.to(dtype)
+    return from_numpy(obj, device, dtype)
+
+
+# ---------------------------------------------------------------- ops
+
+
+def _out(op: str, out, shape, d: DType, device: int) -> GpuTensor:
+    if out is None:
+        return empty(shape, d, device, what=f"{op} output")
+    _check_tensor(f"{op} out", out, (d,), device=device)
+    if out.shape != tuple(shape):
+        raise ValueError(f"{op} out: expected shape {tuple(shape)}, got {out.shape}")
+    out._check_writable(op)
+    return out
+
+
+def _param_f32(op: str, what: str, obj, shape, device: int) -> GpuTensor:
+    """Small fp32 parameter (norm weight, bias, rope table): a GpuTensor, or host data uploaded."""
+    t = obj if isinstance(obj, GpuTensor) else from_numpy(np.asarray(obj, np.float32), device)
+    _check_tensor(f"{op} {what}", t, (float32,), device=device)
+    if t.shape != tuple(shape):
+        raise ValueError(f"{op} {what}: expected shape {tuple(shape)}, got {t.shape}")
+    return t
+
+
+def rmsnorm(x: GpuTensor, w, eps: float, unit_offset: float = 0.0, out=None, stream=None) -> GpuTensor:
+    """y[..., D] = x / sqrt(mean(x^2) + eps) * (w + unit_offset); w: [D] fp32; fp32 math."""
+    _check_tensor("rmsnorm x", x, FLOATS)
+    if x.ndim < 1:
+        raise ValueError("rmsnorm x: needs at least one dimension")
+    D = x.shape[-1]
+    w = _param_f32("rmsnorm", "w", w, (D,), x.device)
+    out = _out("rmsnorm", out, x.shape, x.dtype, x.device)
+    C.cuda_rmsnorm(x.context.handle, x.dtype.code, x.ptr, w.ptr, out.ptr, x.size // max(D, 1), D,
+                   float(eps), float(unit_offset), _stream(stream))
+    return out
+
+
+def rope_(x: GpuTensor, cos, sin, rot: int, stream=None) -> GpuTensor:
+    """Rotary embedding in place on x[M, H, d] (rotate_half convention, first `rot` dims of each
+    head); cos, sin: [M, rot/2] fp32. Returns x."""
+    _check_tensor("rope_ x", x, FLOATS, ndim=3)
+    x._check_writable("rope_")
+    M, H, d = x.shape
+    if rot % 2 or not 0 <= rot <= d:
+        raise ValueError(f"rope_: rot={rot} must be even and at most the head dim {d}")
+    cos = _param_f32("rope_", "cos", cos, (M, rot // 2), x.device)
+    sin = _param_f32("rope_", "sin", sin, (M, rot // 2), x.device)
+    C.cuda_rope(x.context.handle, x.dtype.code, x.ptr, cos.ptr, sin.ptr, M, H, d, rot, _stream(stream))
+    return x
+
+
+def attention(q: GpuTensor, k: GpuTensor, v: GpuTensor, scale: float, q_pos0: int = 0,
+              window: int = 0, kv_len=None, out=None, stream=None) -> GpuTensor:
+    """Causal grouped-query attention (contract of awq._awq_C.attention): q [B, T, Hq, d],
+    k, v [B, S, Hkv, d] (same dtype), kv_len: optional int64 [B] valid key counts. Query t sits at
+    position q_pos0 + t. Rows that see no key output 0. d <= 256."""
+    _check_tensor("attention q", q, FLOATS, ndim=4)
+    _check_tensor("attention k", k, (q.dtype,), ndim=4, device=q.device)
+    _check_tensor("attention v", v, (q.dtype,), ndim=4, device=q.device)
+    B, T, Hq, d = q.shape
+    if k.shape[0] != B or k.shape[3] != d or v.shape != k.shape:
+        raise ValueError(f"attention: q {q.shape}, k {k.shape}, v {v.shape} do not fit "
+                         "q [B, T, Hq, d], k = v [B, S, Hkv, d]")
+    S, Hkv = k.shape[1], k.shape[2]
+    if Hkv == 0 or Hq % Hkv:
+        raise ValueError(f"attention: {Hq} query heads are not a multiple of {Hkv} kv heads")
+    if q_pos0 < 0:
+        raise ValueError(f"attention: q_pos0={q_pos0} must be >= 0")
+    kvl_ptr = 0
+    if kv_len is not None:
+        kv_len = kv_len if isinstance(kv_len, GpuTensor) else from_numpy(np.asarray(kv_len, np.int64), q.device)
+        _check_tensor("attention kv_len", kv_len, (int64,), ndim=1, device=q.device)
+        if kv_len.shape != (B,):
+            raise ValueError(f"attention kv_len: expected [{B}] entries, got {kv_len.shape}")
+        kvl_ptr = kv_len.ptr
+    out = _out("attention", out, q.shape, q.dtype, q.device)
+    C.cuda_attention(q.context.handle, q.dtype.code, q.ptr, k.ptr, v.ptr, out.ptr, B, T, S, Hq, Hkv,
+                     d, float(scale), int(q_pos0), int(window), kvl_ptr, _stream(stream))
+    return out
+
+
+def _binary(op, fn, a, b, out, stream):
+    _check_tensor(f"{op} {'gate' if op == 'silu_mul' else 'a'}", a, FLOATS)
+    _check_tensor(f"{op} {'up' if op == 'silu_mul' else 'b'}", b, (a.dtype,), device=a.device)
+    if a.size != b.size:
+        raise ValueError(f"{op}: {a.shape} and {b.shape} have different sizes")
+    out = _out(op, out, a.shape, a.dtype, a.device)
+    fn(a.context.handle, a.dtype.code, a.ptr, b.ptr, out.ptr, a.size, _stream(stream))
+    return out
+
+
+def silu_mul(gate: GpuTensor, up: GpuTensor, out=None, stream=None) -> GpuTensor:
+    """silu(gate) * up element-wise (out may be gate or up)."""
+    return _binary("silu_mul", C.cuda_silu_mul, gate, up, out, stream)
+
+
+def add(a: GpuTensor, b: GpuTensor, out=None, stream=None) -> GpuTensor:
+    """a + b element-wise (residual add; out may be a or b)."""
+    return _binary("add", C.cuda_add, a, b, out, stream)
+
+
+def abs_mean(x: GpuTensor, out=None, stream=None) -> GpuTensor:
+    """Per-channel mean of |x| over all leading dimensions: fp32 [K], fp32 accumulation."""
+    _check_tensor("abs_mean x", x, FLOATS)
+    if x.ndim < 1 or x.shape[-1] == 0 or x.size == 0:
+        raise ValueError(f"abs_mean x: needs rows and channels, got shape {x.shape}")
+    K = x.shape[-1]
+    out = _out("abs_mean", out, (K,), float32, x.device)
+    C.cuda_abs_mean(x.context.handle, x.dtype.code, x.ptr, out.ptr, x.size // K, K, _stream(stream))
+    return out
+
+
+def linear(x: GpuTensor, w: GpuTensor, bias=None, out=None, out_dtype=None, stream=None) -> GpuTensor:
+    """y[..., N] = x[..., K] @ w[N, K]^T (+ bias[N] fp32) through cuBLAS, fp32 accumulation.
+    out_dtype: x's dtype (default) or float32."""
+    _check_tensor("linear x", x, FLOATS)
+    _check_tensor("linear w", w, (x.dtype,), ndim=2, device=x.device)
+    if x.ndim < 1 or x.shape[-1] != w.shape[1]:
+        raise ValueError(f"linear: x {x.shape} has {x.shape[-1] if x.ndim else '?'} input features "
+                         f"but w is {w.shape}")
+    N, K = w.shape
+    if K == 0:
+        raise ValueError("linear: K = 0 input features")
+    yd = x.dtype if out_dtype is None else as_dtype(out_dtype)
+    if yd not in (x.dtype, float32):
+        raise TypeError(f"linear: out_dtype must be {x.dtype.name} or float32, got {yd.name}")
+    b = _param_f32("linear", "bias", bias, (N,), x.device) if bias is not None else None
+    out = _out("linear", out, x.shape[:-1] + (N,), yd, x.device)
+    C.cuda_linear(x.context.handle, x.dtype.code, x.ptr, w.ptr, b.ptr if b is not None else 0,
+                  yd.code, out.ptr, x.size // K, K, N, _stream(stream))
+    return out
+
+
+def _group(op, K, group_size):
+    g = K if group_size in (-1, 0, None) else int(group_size)
+    if g <= 0 or K % g:
+        raise ValueError(f"{op}: group size {group_size} does not divide K={K}")
+    return g
+
+
+def pseudo_quantize(w: GpuTensor, group_size: int, w_bit: int, zero_point: bool, out=None,
+                    check_finite: bool = True, stream=None) -> GpuTensor:
+    """dequant(quant(w)) per group of group_size input columns (-1: whole rows); csrc/quant.h's
+    formulas in fp32 (bit-identical to the CPU for fp32 input), rounded once to w's dtype.
+    check_finite: synchronizes and raises FloatingPointError naming the first NaN/Inf group."""
+    _check_tensor("pseudo_quantize w", w, FLOATS, ndim=2)
+    N, K = w.shape
+    g = _group("pseudo_quantize", K, group_size)
+    out = _out("pseudo_quantize", out, w.shape, w.dtype, w.device)
+    C.cuda_pseudo_quantize(w.context.handle, w.dtype.code, w.ptr, out.ptr, N, K, g, int(w_bit),
+                           bool(zero_point), bool(check_finite), _stream(stream))
+    return out
+
+
+def clip_search(w: GpuTensor, x: GpuTensor, group_size: int, w_bit: int, zero_point: bool,
+                n_grid: int = 20, max_shrink: float = 0.5, stream=None) -> GpuTensor:
+    """AWQ clip search (contract of awq._awq_C.clip_search) on already subsampled tokens x [T, K]:
+    best max_val fp32 [N, K / group_size]. Synchronizes (reports NaN/Inf inputs)."""
+    _check_tensor("clip_search w", w, FLOATS, ndim=2)
+    _check_tensor("clip_search x", x, (w.dtype,), ndim=2, device=w.device)
+    N, K = w.shape
+    if x.shape[1] != K:
+        raise ValueError(f"clip_search: x has {x.shape[1]} features but w is {w.shape}")
+    g = _group("clip_search", K, group_size)
+    out = empty((N, K // g), float32, w.device, what="clip_search max_val")
+    C.cuda_clip_search(w.context.handle, w.dtype.code, w.ptr, x.ptr, out.ptr, N, K, x.shape[0], g,
+                       int(w_bit), bool(zero_point), int(n_grid), float(max_shrink), _stream(stream))
+    return out
+
+
+__all__ = [
+    "DType", "DTYPES", "GpuTensor", "Context", "context", "is_available", "device_count",
+    "memory_stats", "empty_cache", "synchronize", "as_dtype", "empty", "zeros", "from_numpy",
+    "from_dlpack", "as_gpu", "rmsnorm", "rope_", "attention", "silu_mul", "add", "abs_mean",
+    "linear", "pseudo_quantize", "clip_search", "float32", "float16", "bfloat16", "int32",
+    "int64", "uint8",
+]
