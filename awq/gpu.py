@@ -607,10 +607,39 @@ def clip_search(w: GpuTensor, x: GpuTensor, group_size: int, w_bit: int, zero_po
     return out
 
 
+def scale_cols(x: GpuTensor, s, inverse: bool = False, out=None, stream=None) -> GpuTensor:
+    """x[..., K] * s[K] (inverse: / s[K]), s fp32 (host or GpuTensor): an AWQ input-channel scale
+    applied to weights [N, K] or activations [M, K]. out may be x."""
+    _check_tensor("scale_cols x", x, FLOATS)
+    K = x.shape[-1]
+    s = _param_f32("scale_cols", "s", s, (K,), x.device)
+    out = _out("scale_cols", out, x.shape, x.dtype, x.device)
+    C.cuda_scale_cols(x.context.handle, x.dtype.code, x.ptr, s.ptr, out.ptr, x.size // max(K, 1), K,
+                      bool(inverse), _stream(stream))
+    return out
+
+
+def sq_diff_sum(a: GpuTensor, b: GpuTensor, stream=None) -> float:
+    """sum((a - b)^2) over all elements, accumulated in double (synchronizes)."""
+    _check_tensor("sq_diff_sum a", a, FLOATS)
+    _check_tensor("sq_diff_sum b", b, (a.dtype,), device=a.device)
+    if a.size != b.size:
+        raise ValueError(f"sq_diff_sum: {a.shape} and {b.shape} have different sizes")
+    return C.cuda_sq_diff_sum(a.context.handle, a.dtype.code, a.ptr, b.ptr, a.size, _stream(stream))
+
+
+def rows(t: GpuTensor, a0: int, a1: int) -> GpuTensor:
+    """View of rows a0:a1 along the first dimension (no copy; shares t's memory)."""
+    if not t.shape or not 0 <= a0 <= a1 <= t.shape[0]:
+        raise ValueError(f"rows: {a0}:{a1} outside the {t.shape[0] if t.shape else 0} rows of {t!r}")
+    row_bytes = t.nbytes // t.shape[0] if t.shape[0] else 0
+    return GpuTensor((a1 - a0,) + t.shape[1:], t.dtype, t.device, t.ptr + a0 * row_bytes, t._owner, t.readonly)
+
+
 __all__ = [
     "DType", "DTYPES", "GpuTensor", "Context", "context", "is_available", "device_count",
     "memory_stats", "empty_cache", "synchronize", "as_dtype", "empty", "zeros", "from_numpy",
     "from_dlpack", "as_gpu", "rmsnorm", "rope_", "attention", "silu_mul", "add", "abs_mean",
-    "linear", "pseudo_quantize", "clip_search", "float32", "float16", "bfloat16", "int32",
+    "linear", "pseudo_quantize", "clip_search", "scale_cols", "sq_diff_sum", "rows", "float32", "float16", "bfloat16", "int32",
     "int64", "uint8",
 ]

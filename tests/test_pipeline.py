@@ -377,3 +377,12 @@ def test_bf16_checkpoint(tmp_path):
     assert rel_err(m.forward(ids[None])[0], ref_forward(cfg, ref_t, ids)) < 1e-3
     m.quantize(CharTokenizer(), quant_config=QC, calib_data=calib_texts(), max_calib_seq_len=64)
     assert np.isfinite(m.forward(ids[None])).all()
+
+
+@pytest.mark.skipif(bool(__import__("awq._backend", fromlist=["C"]).C.cuda_info()["devices"]),
+                    reason="this machine has a GPU")
+def test_gpu_quantization_without_gpu_names_why(tiny):
+    folder, _, _ = tiny
+    m = AutoAWQForCausalLM.from_pretrained(folder, device_map="cuda")
+    with pytest.raises(RuntimeError, match="CUDA is not available"):
+        m.quantize(CharTokenizer(), quant_config=QC, calib_data=calib_texts(), max_calib_seq_len=64)

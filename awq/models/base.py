@@ -56,11 +56,14 @@ def _note_ignored(kwargs: dict):
             print(f"awq: {k}={v!r} has no effect in this build (CPU backend); ignored", file=sys.stderr)
 
 
-def _check_device(device_map):
+def _check_device(device_map, allow_cuda: bool = False):
+    """Returns the device quantization runs on: "cpu", or "cuda[:N]" (from_pretrained only)."""
     if device_map in (None, "cpu", "auto", "balanced", "sequential") or device_map == {"": "cpu"}:
-        return
-    raise NotImplementedError(f"device_map={device_map!r}: this build of awq runs on the CPU only; "
-                              "use device_map=None")
+        return "cpu"
+    if allow_cuda and isinstance(device_map, str) and device_map.startswith("cuda"):
+        return device_map
+    raise NotImplementedError(f"device_map={device_map!r}: quantized models run on the CPU in this build "
+                              "(GPU quantization: from_pretrained(..., device_map='cuda') or quantize(device='cuda'))")
 
 
 def normalize_quant_config(qc: Optional[dict]) -> dict:
@@ -115,14 +118,16 @@ class BaseAWQForCausalLM:
     def from_pretrained(cls, model_path, model_type=None, torch_dtype="auto", trust_remote_code=True,
                         safetensors=True, device_map=None, download_kwargs=None, low_cpu_mem_usage=True,
                         use_cache=False, **model_init_kwargs):
-        _check_device(device_map)
+        device = _check_device(device_map, allow_cuda=True)
         _note_ignored({"torch_dtype": torch_dtype, **model_init_kwargs})
         folder = resolve_model_path(model_path, download_kwargs)
         config = read_model_config(folder)
         if config.get("quantization_config"):
             raise ValueError(f"{folder} holds an already quantized checkpoint; load it with from_quantized")
         ckpt = open_checkpoint(folder)
-        return cls(folder, config, ckpt, False, {})
+        model = cls(folder, config, ckpt, False, {})
+        model.quant_device = device
+        return model
 
     @classmethod
     def from_quantized(cls, quant_path, model_type=None, quant_filename="", max_seq_len=2048,
@@ -301,6 +306,7 @@ class BaseAWQForCausalLM:
             raise ValueError("this model is already quantized")
         qc = normalize_quant_config(quant_config)
         quantizer_cls = quantizer_cls or AwqQuantizer
+        kwargs.setdefault("device", getattr(self, "quant_device", "cpu"))
         q = quantizer_cls(self, None, tokenizer, qc["w_bit"], qc["q_group_size"], qc["zero_point"], qc["version"],
                           calib_data, split, text_column, duo_scaling,
                           modules_to_not_convert=qc["modules_to_not_convert"], export_compatible=export_compatible,

@@ -21,7 +21,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from awq._backend import C
-from awq.runtime.layers import DenseLinear, attn_forward, block_rope, layer_forward, mlp_forward
+from awq.runtime.layers import attn_forward, block_rope, layer_forward, mlp_forward
 from awq.utils.progress import progress
 
 N_GRID = 20
@@ -83,7 +83,8 @@ class AwqQuantizer:
                  version="gemm", calib_data="pileval", split="train", text_column="text",
                  duo_scaling=True, modules_to_not_convert=None, export_compatible=False,
                  apply_clip=True, n_parallel_calib_samples=None, max_calib_samples=128,
-                 max_calib_seq_len=512, max_chunk_memory=1024 ** 3, rtn=False, verbose=True, **kwargs):
+                 max_calib_seq_len=512, max_chunk_memory=1024 ** 3, rtn=False, verbose=True, device=None,
+                 calib_dtype=None, **kwargs):
         if w_bit not in (2, 3, 4, 8):
             raise ValueError(f"w_bit must be one of 2, 3, 4, 8, got {w_bit!r}")
         if not (group_size == -1 or (isinstance(group_size, int) and group_size > 0)):
@@ -102,6 +103,22 @@ class AwqQuantizer:
         self.max_chunk_memory = max_chunk_memory
         self.rtn, self.verbose = rtn, verbose
         self.reports: List[LayerReport] = []
+        self.be = self._make_backend(device, calib_dtype)
+
+    def _make_backend(self, device, calib_dtype):
+        """CPU (fp32) by default; "cuda[:N]": the GPU in calib_dtype, by default the checkpoint's
+        16-bit dtype (fp32 checkpoints stay fp32)."""
+        from awq.quantize.backend import CpuBackend, CudaBackend
+
+        if device in (None, "cpu"):
+            return CpuBackend()
+        if not (isinstance(device, str) and device.startswith("cuda")):
+            raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {device!r}")
+        index = int(device.split(":", 1)[1]) if ":" in device else 0
+        if calib_dtype is None:
+            stored = self.awq_model.ckpt.dtype(self.spec.layer_prefix(0) + self.spec.q + ".weight")
+            calib_dtype = {"F16": "float16", "BF16": "bfloat16"}.get(stored, "float32")
+        return CudaBackend(calib_dtype, index)
 
     # ---- helpers ---------------------------------------------------------------------------
     def _g(self, K: int) -> int:
@@ -132,7 +149,7 @@ class AwqQuantizer:
                                        self.max_calib_seq_len, self.split, self.text_column)
             if self.verbose:
                 print(f"awq: calibrating on {blocks.shape[0]} blocks x {blocks.shape[1]} tokens", flush=True)
-        x = None if blocks is None else self.awq_model.embed_tokens(blocks)
+        x = None if blocks is None else self.be.activations(self.awq_model.embed_tokens(blocks))
         layers_out = []
         bar = progress(range(cfg.num_layers), desc="AWQ" if not self.rtn else "RTN", disable=not self.verbose)
         for i in bar:
@@ -157,27 +174,29 @@ class AwqQuantizer:
     def _layer_modules(self, tensors: Dict[str, np.ndarray]) -> Dict:
         W = {}
         for lin in self.spec.linear_names():
-            W[lin] = DenseLinear(tensors[lin + ".weight"], tensors.get(lin + ".bias"))
+            W[lin] = self.be.linear(self.be.weight(tensors[lin + ".weight"]), tensors.get(lin + ".bias"))
         for n in self.spec.norm_names():
             W[n] = tensors[n + ".weight"]
         return W
 
-    def _awq_layer(self, i: int, tensors: Dict[str, np.ndarray], x: np.ndarray, report: LayerReport):
-        spec, cfg = self.spec, self.cfg
+    def _awq_layer(self, i: int, tensors: Dict[str, np.ndarray], x, report: LayerReport):
+        spec, cfg, be = self.spec, self.cfg, self.be
         nb, T, D = x.shape
         chunk = self._chunk_blocks(nb, T)
         W = self._layer_modules(tensors)
         # (1) float forward with captured linear inputs; the output feeds the next layer.
-        feats: Dict[str, np.ndarray] = {}
-        out = np.empty_like(x)
+        feats: Dict = {}
+        out = be.empty(x.shape)
         for b0 in range(0, nb, chunk):
             b1 = min(nb, b0 + chunk)
-            cap: Dict[str, np.ndarray] = {}
-            out[b0:b1] = layer_forward(spec, cfg, W, x[b0:b1], block_rope(cfg, b1 - b0, T), capture=cap)
+            cap: Dict = {}
+            y = layer_forward(spec, cfg, W, be.rows(x, b0, b1), block_rope(cfg, b1 - b0, T), capture=cap,
+                              ops=be.ops)
+            be.set_rows(out, b0, b1, y)
             for name, a in cap.items():
                 if name not in feats:
-                    feats[name] = np.empty((nb * T, a.shape[1]), np.float32)
-                feats[name][b0 * T:b1 * T] = a
+                    feats[name] = be.empty((nb * T, a.shape[1]))
+                be.set_rows(feats[name], b0 * T, b1 * T, a)
         # (2) scale search and application, group by group.
         for g in spec.groups:
             if g.only_if_same_shape and tensors[g.prev + ".weight"].shape != tensors[g.linears[0] + ".weight"].shape:
@@ -199,13 +218,13 @@ class AwqQuantizer:
         return {s.k: s.q, s.v: s.q, s.up: s.gate}.get(lin, lin)
 
     # ---- scale search ----------------------------------------------------------------------
-    def _search_scale(self, i, g, tensors, x_in: np.ndarray, T: int, chunk: int):
+    def _search_scale(self, i, g, tensors, x_in, T: int, chunk: int):
         """Returns (scales or None for identity, chosen ratio, loss)."""
-        spec = self.spec
+        spec, be = self.spec, self.be
         weights = [tensors[l + ".weight"] for l in g.linears]
         K = weights[0].shape[1]
         gs = self._g(K)
-        x_mean = C.abs_mean(x_in).astype(np.float64)
+        x_mean = be.abs_mean(x_in)
         wcat = np.concatenate(weights, axis=0)
         wa = np.abs(wcat).reshape(-1, gs)
         w_mean = (wa / (wa.max(axis=1, keepdims=True) + 1e-6)).reshape(wcat.shape).mean(axis=0, dtype=np.float64)
@@ -224,15 +243,12 @@ class AwqQuantizer:
                 s = s / np.sqrt(s.max() * s.min())
             s[~np.isfinite(s)] = 1.0
             candidates.append((r, s.astype(np.float32)))
+        dev_weights = [be.weight(w) for w in weights]
         for r, s in candidates:
             cand = {}
-            for name, w in zip(g.linears, weights):
-                if not self.converted(i, name):
-                    cand[name] = w
-                elif s is None:
-                    cand[name] = C.pseudo_quantize(w, gs, self.w_bit, self.zero_point)
-                else:
-                    cand[name] = C.pseudo_quantize(w * s, gs, self.w_bit, self.zero_point) / s
+            for name, w in zip(g.linears, dev_weights):
+                cand[name] = w if not self.converted(i, name) else be.candidate(
+                    w, s, gs, self.w_bit, self.zero_point)
             loss = loss_fn(cand)
             if loss < best:  # NaN never wins; first strict minimum kept (AutoAWQ)
                 best, best_ratio, best_s = loss, r, s
@@ -244,44 +260,36 @@ class AwqQuantizer:
 
     def _loss_fn(self, i, g, tensors, x_in, T, chunk):
         """Builds loss(candidate weights) = mean squared error of the inspected module's output."""
-        spec, cfg = self.spec, self.cfg
+        spec, cfg, be = self.spec, self.cfg, self.be
         if g.inspect in ("attn", "mlp"):
             W = self._layer_modules(tensors)
             ntok = x_in.shape[0]
             rows = chunk * T
+            ropes = {}
 
             def run(mods, a0, a1):
-                h = x_in[a0:a1]
+                h = be.rows(x_in, a0, a1)
                 if g.inspect == "attn":
                     nbk = (a1 - a0) // T
-                    return attn_forward(spec, cfg, mods, h, nbk, T, block_rope(cfg, nbk, T))
-                return mlp_forward(spec, mods, h)
+                    if nbk not in ropes:
+                        ropes[nbk] = block_rope(cfg, nbk, T)
+                    return attn_forward(spec, cfg, mods, h, nbk, T, ropes[nbk], ops=be.ops)
+                return mlp_forward(spec, mods, h, ops=be.ops)
 
             ref = [run(W, a0, min(ntok, a0 + rows)) for a0 in range(0, ntok, rows)]
 
             def loss(cand):
                 mods = dict(W)
                 for name, w in cand.items():
-                    mods[name] = DenseLinear(w, tensors.get(name + ".bias"))
+                    mods[name] = be.linear(w, tensors.get(name + ".bias"))
                 tot = 0.0
                 for j, a0 in enumerate(range(0, ntok, rows)):
-                    d = run(mods, a0, min(ntok, a0 + rows)) - ref[j]
-                    tot += float(np.dot(d.ravel(), d.ravel()))
+                    tot += be.sq_diff_sum(run(mods, a0, min(ntok, a0 + rows)), ref[j])
                 return tot / (ntok * cfg.hidden_size)
 
             return loss
-        # Single linear: MSE(X W^T, X W'^T) = sum_n d_n G d_n^T / (T N), G = X^T X, d = W - W'.
-        xt = np.ascontiguousarray(x_in.T)
-        G = C.linear(xt, xt, None)
-        w0 = tensors[g.inspect + ".weight"]
-        ntok = x_in.shape[0]
-
-        def loss(cand):
-            d = np.ascontiguousarray(w0 - cand[g.inspect])
-            dg = C.linear(d, G, None)
-            return float(np.einsum("nk,nk->", dg, d, dtype=np.float64)) / (ntok * w0.shape[0])
-
-        return loss
+        lin_loss = be.single_linear_loss(x_in, tensors[g.inspect + ".weight"])
+        return lambda cand: lin_loss(cand[g.inspect])
 
     def _apply_scale(self, g, tensors, feats, s: np.ndarray):
         """prev_op / s (norm weight, or the LAST len(s) output rows and bias of a linear);
@@ -305,17 +313,15 @@ class AwqQuantizer:
                 tensors[g.prev + ".bias"] = b
         for lin in g.linears:
             tensors[lin + ".weight"] = np.ascontiguousarray(tensors[lin + ".weight"] * s[None, :])
-        key = g.linears[0]
-        feats[key] /= s[None, :]
+        self.be.unscale_(feats[g.linears[0]], s)
 
     # ---- clip ------------------------------------------------------------------------------
-    def _clip(self, i, lin, tensors, x_in: np.ndarray):
+    def _clip(self, i, lin, tensors, x_in):
         w = tensors[lin + ".weight"]
         N, K = w.shape
         gs = self._g(K)
         step = max(1, x_in.shape[0] // N_SAMPLE_TOKENS_CLIP)
-        xs = np.ascontiguousarray(x_in[::step])
-        max_val = C.clip_search(w, xs, gs, self.w_bit, self.zero_point, N_GRID, 0.5)
+        max_val = self.be.clip_search(w, x_in, step, gs, self.w_bit, self.zero_point, N_GRID, 0.5)
         mv = max_val[:, :, None]
         tensors[lin + ".weight"] = np.clip(w.reshape(N, K // gs, gs), -mv, mv).reshape(N, K)
 

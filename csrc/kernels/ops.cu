@@ -1270,3 +1270,82 @@ extern "C" int awq_cuda_copy_strided(awq_cuda_ctx *ctx, int elem_size, const voi
     }
     return launch_check("copy_strided_kernel", err);
 }
+
+/* ---------------------------------------------------------------- AWQ search helpers */
+
+/* y[m, c] = x[m, c] * s[c] (or / s[c] when inverse): applies or undoes an AWQ input-channel scale
+ * on weights [N, K] or activations [M, K]. */
+template <typename T>
+__global__ void scale_cols_kernel(const T *x, const float *s, T *y, int64_t M, int64_t K, int inverse) {
+    const int64_t n = M * K;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        const float sc = s[i % K];
+        y[i] = from_f<T>(inverse ? to_f(x[i]) / sc : to_f(x[i]) * sc);
+    }
+}
+
+extern "C" int awq_cuda_scale_cols(awq_cuda_ctx *ctx, int dt, const void *x, const float *s, void *y,
+                                   int64_t M, int64_t K, int inverse, void *stream, awq_err *err) {
+    int st = check_nonneg("scale_cols", M, K, err);
+    if (st || M * K == 0) return st;
+    if ((st = awq_cuda_ctx_activate(ctx, err))) return st;
+    DISPATCH_FLOAT("scale_cols", dt, T,
+                   scale_cols_kernel<T><<<grid_for(M * K, 256), 256, 0, (cudaStream_t)stream>>>(
+                       (const T *)x, s, (T *)y, M, K, inverse));
+    return launch_check("scale_cols_kernel", err);
+}
+
+/* Block partial sums of (a - b)^2 in double, one atomicAdd per block (loss of one AWQ candidate). */
+template <typename T>
+__global__ void sq_diff_sum_kernel(const T *a, const T *b, int64_t n, double *acc) {
+    __shared__ double part[32];
+    double v = 0.0;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        const double d = (double)to_f(a[i]) - (double)to_f(b[i]);
+        v += d * d;
+    }
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
+    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = v;
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        v = threadIdx.x < (blockDim.x >> 5) ? part[threadIdx.x] : 0.0;
+        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
+        if (threadIdx.x == 0) atomicAdd(acc, v);
+    }
+}
+
+extern "C" int awq_cuda_sq_diff_sum(awq_cuda_ctx *ctx, int dt, const void *a, const void *b, int64_t n,
+                                    double *out, void *stream, awq_err *err) {
+    int st = check_nonneg("sq_diff_sum", n, 0, err);
+    *out = 0.0;
+    if (st || n == 0) return st;
+    if ((st = awq_cuda_ctx_activate(ctx, err))) return st;
+    double *acc = NULL;
+    if ((st = awq_cuda_alloc(ctx, sizeof *acc, "sq_diff_sum accumulator", (void **)&acc, err))) return st;
+    cudaStream_t s = (cudaStream_t)stream;
+    cudaError_t e = cudaMemsetAsync(acc, 0, sizeof *acc, s);
+    if (e != cudaSuccess) {
+        st = awq_set_err(err, AWQ_ERR_RUNTIME, "cudaMemsetAsync(sq_diff_sum accumulator) failed: %s",
+                         cudaGetErrorString(e));
+        goto done;
+    }
+    switch (dt) {
+    case AWQ_DT_F32: sq_diff_sum_kernel<float><<<grid_for(n, 256), 256, 0, s>>>((const float *)a, (const float *)b, n, acc); break;
+    case AWQ_DT_F16: sq_diff_sum_kernel<__half><<<grid_for(n, 256), 256, 0, s>>>((const __half *)a, (const __half *)b, n, acc); break;
+    case AWQ_DT_BF16:
+        sq_diff_sum_kernel<__nv_bfloat16><<<grid_for(n, 256), 256, 0, s>>>((const __nv_bfloat16 *)a, (const __nv_bfloat16 *)b, n, acc);
+        break;
+    default: st = bad_dtype("sq_diff_sum", dt, err); goto done;
+    }
+    if ((st = launch_check("sq_diff_sum_kernel", err))) goto done;
+    e = cudaMemcpyAsync(out, acc, sizeof *acc, cudaMemcpyDeviceToHost, s);
+    if (e == cudaSuccess) e = cudaStreamSynchronize(s);
+    if (e != cudaSuccess)
+        st = awq_set_err(err, AWQ_ERR_RUNTIME, "sq_diff_sum: copying the sum back failed: %s",
+                         cudaGetErrorString(e));
+done:
+    awq_cuda_free(ctx, acc, sizeof *acc);
+    return st;
+}

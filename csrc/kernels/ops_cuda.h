@@ -220,6 +220,14 @@ int awq_cuda_clip_search(awq_cuda_ctx *ctx, int dt, const void *w, const void *x
                          int64_t N, int64_t K, int64_t T, int64_t g, int bits, int zero_point,
                          int n_grid, float max_shrink, void *stream, awq_err *err);
 
+/* y[M,K] = x[M,K] * s[K] (inverse: / s[K]); x, y: dt (may alias); s: fp32 device [K]. */
+int awq_cuda_scale_cols(awq_cuda_ctx *ctx, int dt, const void *x, const float *s, void *y, int64_t M,
+                        int64_t K, int inverse, void *stream, awq_err *err);
+
+/* *out = sum over n elements of (a - b)^2, accumulated in double (host out; synchronizes stream). */
+int awq_cuda_sq_diff_sum(awq_cuda_ctx *ctx, int dt, const void *a, const void *b, int64_t n,
+                         double *out, void *stream, awq_err *err);
+
 #ifdef __cplusplus
 }
 #endif
