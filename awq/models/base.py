@@ -56,14 +56,13 @@ def _note_ignored(kwargs: dict):
             print(f"awq: {k}={v!r} has no effect in this build (CPU backend); ignored", file=sys.stderr)
 
 
-def _check_device(device_map, allow_cuda: bool = False):
-    """Returns the device quantization runs on: "cpu", or "cuda[:N]" (from_pretrained only)."""
+def _check_device(device_map):
+    """Returns the device the model runs (and quantizes) on: "cpu" or "cuda[:N]"."""
     if device_map in (None, "cpu", "auto", "balanced", "sequential") or device_map == {"": "cpu"}:
         return "cpu"
-    if allow_cuda and isinstance(device_map, str) and device_map.startswith("cuda"):
+    if isinstance(device_map, str) and device_map.startswith("cuda"):
         return device_map
-    raise NotImplementedError(f"device_map={device_map!r}: quantized models run on the CPU in this build "
-                              "(GPU quantization: from_pretrained(..., device_map='cuda') or quantize(device='cuda'))")
+    raise ValueError(f"device_map={device_map!r}: use None/'cpu' or 'cuda[:N]' (one device)")
 
 
 def normalize_quant_config(qc: Optional[dict]) -> dict:
@@ -118,7 +117,7 @@ class BaseAWQForCausalLM:
     def from_pretrained(cls, model_path, model_type=None, torch_dtype="auto", trust_remote_code=True,
                         safetensors=True, device_map=None, download_kwargs=None, low_cpu_mem_usage=True,
                         use_cache=False, **model_init_kwargs):
-        device = _check_device(device_map, allow_cuda=True)
+        device = _check_device(device_map)
         _note_ignored({"torch_dtype": torch_dtype, **model_init_kwargs})
         folder = resolve_model_path(model_path, download_kwargs)
         config = read_model_config(folder)
@@ -126,7 +125,7 @@ class BaseAWQForCausalLM:
             raise ValueError(f"{folder} holds an already quantized checkpoint; load it with from_quantized")
         ckpt = open_checkpoint(folder)
         model = cls(folder, config, ckpt, False, {})
-        model.quant_device = device
+        model.quant_device = model.run_device = device
         return model
 
     @classmethod
@@ -134,7 +133,7 @@ class BaseAWQForCausalLM:
                        trust_remote_code=True, fuse_layers=True, use_exllama=False, use_exllama_v2=False,
                        use_ipex=False, batch_size=1, safetensors=True, device_map="balanced", max_memory=None,
                        offload_folder=None, download_kwargs=None, **config_kwargs):
-        _check_device(device_map)
+        device = _check_device(device_map)
         _note_ignored({"use_exllama": use_exllama, "use_exllama_v2": use_exllama_v2, "use_ipex": use_ipex,
                        "batch_size": batch_size, "max_memory": max_memory, "offload_folder": offload_folder})
         folder = resolve_model_path(quant_path, download_kwargs)
@@ -144,6 +143,7 @@ class BaseAWQForCausalLM:
         model = cls(folder, config, ckpt, True, qc)
         model._layers = [model._load_quantized_layer(i) for i in range(model.cfg.num_layers)]
         model.max_seq_len = max_seq_len
+        model.run_device = device
         return model
 
     # ---- tensors -----------------------------------------------------------------------------
@@ -262,12 +262,24 @@ class BaseAWQForCausalLM:
                 lm_head = make_linear(ck.get(hname) if ck.dtype(hname) == "F16" else ck.get_float32(hname))
             else:
                 lm_head = make_linear(embed if edt == "F16" else ck.get_float32(spec.embed))
+            final_norm = ck.get_float32(spec.final_norm)
+            device = getattr(self, "run_device", "cpu")
+            if device.startswith("cuda"):
+                from awq.runtime.gpu_model import GpuDevice, gpu_layers
+
+                dev = GpuDevice("float16", int(device.split(":", 1)[1]) if ":" in device else 0)
+                host = [_runtime_modules(l) for l in self._layers] if self._layers is not None else \
+                    [self._float_layer(i) for i in range(cfg.num_layers)]
+                layers = gpu_layers(dev, host)
+                self._runtime = DecoderLM(spec, cfg, embed, edt, dev.norm(final_norm),
+                                          dev.dense(lm_head.weight), layers.__getitem__, device=dev)
+                return self._runtime
             if self._layers is not None:
                 layers = [_runtime_modules(l) for l in self._layers]
                 get_layer = layers.__getitem__
             else:
                 get_layer = self._float_layer
-            self._runtime = DecoderLM(spec, cfg, embed, edt, ck.get_float32(spec.final_norm), lm_head, get_layer)
+            self._runtime = DecoderLM(spec, cfg, embed, edt, final_norm, lm_head, get_layer)
         return self._runtime
 
     def forward(self, input_ids, **kwargs) -> np.ndarray:

@@ -98,6 +98,12 @@ class KVCache:
     def reset(self):
         self.length = 0
 
+    def write(self, layer_idx: int, pos0: int, k, v):
+        """Stores k, v [B, T, Hkv, d] at positions pos0 .. pos0+T-1 of layer layer_idx."""
+        T = k.shape[1]
+        self.k[layer_idx][:, pos0:pos0 + T] = k
+        self.v[layer_idx][:, pos0:pos0 + T] = v
+
 
 def _rms(x2, w, eps: float, norm_kind: str, ops=CPU_OPS):
     return ops.rmsnorm(x2, w, eps, 1.0 if norm_kind == "rms_unit" else 0.0)
@@ -125,8 +131,7 @@ def attn_forward(spec, cfg, W: Dict, h, B: int, T: int, rope, q_pos0: int = 0,
     if cache is not None:
         if q_pos0 + T > cache.max_len:
             raise ValueError(f"sequence of {q_pos0 + T} tokens exceeds the KV cache ({cache.max_len})")
-        cache.k[layer_idx][:, q_pos0:q_pos0 + T] = k
-        cache.v[layer_idx][:, q_pos0:q_pos0 + T] = v
+        cache.write(layer_idx, q_pos0, k, v)
         k_all, v_all = cache.k[layer_idx], cache.v[layer_idx]
         # Keys past q_pos0 + T are masked by causality, so the whole buffer is passed uncopied.
         o = ops.attention(q, k_all, v_all, d ** -0.5, q_pos0, cfg.sliding_window)

@@ -10,7 +10,7 @@ from typing import Callable, Dict, Optional
 
 import numpy as np
 
-from awq.runtime.layers import KVCache, _rms, block_rope, layer_forward
+from awq.runtime.layers import CPU_OPS, KVCache, _rms, block_rope, layer_forward
 
 
 def to_token_array(input_ids) -> np.ndarray:
@@ -41,14 +41,34 @@ def embedding_rows(table: np.ndarray, ids: np.ndarray, dtype_name: str = "") -> 
     return rows.astype(np.float32)
 
 
+class CpuDevice:
+    """Where the runtime's activations live: host numpy fp32 (the GPU twin is in gpu_model.py)."""
+
+    name = "cpu"
+    ops = CPU_OPS
+
+    def upload(self, x: np.ndarray):
+        return x
+
+    def download(self, t) -> np.ndarray:
+        return t
+
+    def last_tokens(self, h):
+        return np.ascontiguousarray(h[:, -1:])
+
+    def new_cache(self, num_layers, batch, max_len, kv_heads, head_dim):
+        return KVCache(num_layers, batch, max_len, kv_heads, head_dim)
+
+
 class DecoderLM:
-    def __init__(self, spec, cfg, embed: np.ndarray, embed_dtype: str, final_norm: np.ndarray,
-                 lm_head, get_layer: Callable[[int], Dict]):
+    def __init__(self, spec, cfg, embed: np.ndarray, embed_dtype: str, final_norm,
+                 lm_head, get_layer: Callable[[int], Dict], device=None):
         self.spec, self.cfg = spec, cfg
         self.embed, self.embed_dtype = embed, embed_dtype
-        self.final_norm = np.ascontiguousarray(final_norm, dtype=np.float32)
+        self.final_norm = final_norm if device is not None else np.ascontiguousarray(final_norm, dtype=np.float32)
         self.lm_head = lm_head
         self.get_layer = get_layer
+        self.device = device or CpuDevice()
 
     def embed_tokens(self, ids: np.ndarray) -> np.ndarray:
         V = self.embed.shape[0]
@@ -57,9 +77,9 @@ class DecoderLM:
             raise ValueError(f"token id {bad} is outside the vocabulary (size {V})")
         return embedding_rows(self.embed, ids, self.embed_dtype)
 
-    def new_cache(self, batch: int, max_len: int) -> KVCache:
+    def new_cache(self, batch: int, max_len: int):
         c = self.cfg
-        return KVCache(c.num_layers, batch, max_len, c.num_kv_heads, c.head_dim)
+        return self.device.new_cache(c.num_layers, batch, max_len, c.num_kv_heads, c.head_dim)
 
     def hidden_states(self, ids: np.ndarray, cache: Optional[KVCache] = None) -> np.ndarray:
         """Final-normed hidden states [B, T, D] for ids [B, T] (appending to `cache` if given)."""
@@ -67,24 +87,26 @@ class DecoderLM:
         q_pos0 = cache.length if cache is not None else 0
         if cache is not None and cache.batch != B:
             raise ValueError(f"KV cache was made for batch {cache.batch}, got batch {B}")
-        x = self.embed_tokens(ids)
+        dev = self.device
+        x = dev.upload(self.embed_tokens(ids))
         rope = block_rope(self.cfg, B, T, q_pos0)
         for i in range(self.cfg.num_layers):
-            x = layer_forward(self.spec, self.cfg, self.get_layer(i), x, rope, q_pos0, cache, i)
+            x = layer_forward(self.spec, self.cfg, self.get_layer(i), x, rope, q_pos0, cache, i, ops=dev.ops)
         if cache is not None:
             cache.length = q_pos0 + T
         D = x.shape[-1]
         return _rms(x.reshape(B * T, D), self.final_norm, self.cfg.rms_norm_eps,
-                    self.spec.norm_kind).reshape(B, T, D)
+                    self.spec.norm_kind, dev.ops).reshape(B, T, D)
 
-    def logits(self, h: np.ndarray) -> np.ndarray:
+    def logits(self, h) -> np.ndarray:
+        """fp32 host logits [B, T, V] for final hidden states h [B, T, D] (device tensors)."""
         B, T, D = h.shape
-        return self.lm_head(h.reshape(B * T, D)).reshape(B, T, -1)
+        return self.device.download(self.lm_head(h.reshape(B * T, D))).reshape(B, T, -1)
 
     def forward(self, input_ids, cache: Optional[KVCache] = None, last_only: bool = False) -> np.ndarray:
         """Logits [B, T, V] fp32 (or [B, 1, V] with last_only) for input_ids."""
         ids = to_token_array(input_ids)
         h = self.hidden_states(ids, cache)
         if last_only:
-            h = np.ascontiguousarray(h[:, -1:])
+            h = self.device.last_tokens(h)
         return self.logits(h)
