@@ -51,7 +51,8 @@ def _find_nvcc():
     return nvcc
 
 
-CUDA_ARCHS = ["80", "86", "89", "90"]
+# sm_80/86/89/90 machine code + PTX; AWQ_CUDA_ARCHS="90" builds one arch (faster device iterations).
+CUDA_ARCHS = os.environ.get("AWQ_CUDA_ARCHS", "80,86,89,90").replace(";", ",").split(",")
 
 
 class BuildExt(build_ext):
