@@ -1482,6 +1482,205 @@ done:
 #endif /* AWQ_WITH_CUDA */
 /* ---- end CUDA tensors and ops ---- */
 
+/* ---- CUDA W4A16 ---- */
+/* Bindings of csrc/kernels/w4a16_cuda.h. Raw device pointers come in as Python ints (torch's
+ * .data_ptr(), awq.gpu tensors, cupy), so these calls do not depend on any tensor type; the caller
+ * keeps the memory alive until the stream has run the call. `stream` is a cudaStream_t as an int
+ * (0 = the legacy default stream). Without a CUDA build every entry raises RuntimeError. */
+#define W4_CTX_CAPSULE "awq.cuda_w4a16_ctx"
+#ifdef AWQ_WITH_CUDA
+#include "kernels/w4a16_cuda.h"
+
+static void w4_ctx_capsule_free(PyObject *cap) {
+    awq_w4a16_ctx *ctx = (awq_w4a16_ctx *)PyCapsule_GetPointer(cap, W4_CTX_CAPSULE);
+    if (ctx) awq_cuda_w4a16_ctx_free(ctx);
+    else PyErr_Clear();
+}
+
+/* ctx: None -> NULL (ok), a context capsule -> its pointer; anything else -> TypeError, *ok = 0. */
+static awq_w4a16_ctx *w4_ctx_of(PyObject *obj, int *ok) {
+    if (!obj || obj == Py_None) return NULL;
+    if (!PyCapsule_IsValid(obj, W4_CTX_CAPSULE)) {
+        PyErr_SetString(PyExc_TypeError, "ctx: expected None or a cuda_w4a16_context() capsule");
+        *ok = 0;
+        return NULL;
+    }
+    return (awq_w4a16_ctx *)PyCapsule_GetPointer(obj, W4_CTX_CAPSULE);
+}
+
+static int w4_dtype(const char *name, const char *what) {
+    if (!strcmp(name, "float16")) return AWQ_W4_F16;
+    if (!strcmp(name, "bfloat16")) return AWQ_W4_BF16;
+    PyErr_Format(PyExc_ValueError, "%s: expected \"float16\" or \"bfloat16\", got \"%s\"", what, name);
+    return -1;
+}
+
+static const char *W4_PATHS[] = {"auto", "gemv", "mma", "cublas", "ref"};
+#endif
+
+#define W4_NO_CUDA()                                                                               \
+    PyErr_SetString(PyExc_RuntimeError, "awq was built without CUDA (nvcc was not found at build time)")
+
+PyDoc_STRVAR(cuda_w4a16_context_doc,
+             "cuda_w4a16_context() -> capsule: workspaces, stream-K counters and the cuBLAS handle of\n"
+             "the W4A16 kernels on the current device. One stream at a time; its buffers grow on the\n"
+             "first call of each shape (not allowed during CUDA-graph capture).");
+static PyObject *py_cuda_w4a16_context(PyObject *self, PyObject *noargs) {
+    (void)self;
+    (void)noargs;
+#ifdef AWQ_WITH_CUDA
+    awq_err err = {{0}};
+    awq_w4a16_ctx *ctx = NULL;
+    int st;
+    Py_BEGIN_ALLOW_THREADS st = awq_cuda_w4a16_ctx_new(&ctx, &err);
+    Py_END_ALLOW_THREADS if (st) return raise_status(st, &err);
+    PyObject *cap = PyCapsule_New(ctx, W4_CTX_CAPSULE, w4_ctx_capsule_free);
+    if (!cap) awq_cuda_w4a16_ctx_free(ctx);
+    return cap;
+#else
+    W4_NO_CUDA();
+    return NULL;
+#endif
+}
+
+PyDoc_STRVAR(cuda_w4a16_repack_nbytes_doc,
+             "cuda_w4a16_repack_nbytes(K, N) -> int: bytes of the repacked qweight of a K x N layer.");
+static PyObject *py_cuda_w4a16_repack_nbytes(PyObject *self, PyObject *args) {
+    (void)self;
+    long long K, N;
+    if (!PyArg_ParseTuple(args, "LL:cuda_w4a16_repack_nbytes", &K, &N)) return NULL;
+#ifdef AWQ_WITH_CUDA
+    if (K <= 0 || N <= 0 || N % 8) {
+        PyErr_Format(PyExc_ValueError, "cuda_w4a16_repack_nbytes: bad shape K=%lld N=%lld", K, N);
+        return NULL;
+    }
+    return PyLong_FromLongLong(awq_cuda_w4a16_repack_nbytes(K, N));
+#else
+    W4_NO_CUDA();
+    return NULL;
+#endif
+}
+
+PyDoc_STRVAR(cuda_w4a16_repack_doc,
+             "cuda_w4a16_repack(qweight_ptr, out_ptr, K, N, stream=0): checkpoint qweight [K, N/8] int32\n"
+             "-> the kernels' layout (cuda_w4a16_repack_nbytes(K, N) bytes at out_ptr, 16-byte aligned).");
+static PyObject *py_cuda_w4a16_repack(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"qweight_ptr", "out_ptr", "K", "N", "stream", NULL};
+    unsigned long long qp, op, sp = 0;
+    long long K, N;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "KKLL|K:cuda_w4a16_repack", kwlist, &qp, &op, &K, &N, &sp))
+        return NULL;
+#ifdef AWQ_WITH_CUDA
+    awq_err err = {{0}};
+    int st;
+    Py_BEGIN_ALLOW_THREADS st = awq_cuda_w4a16_repack((const int32_t *)(uintptr_t)qp, (void *)(uintptr_t)op, K,
+                                                      N, (void *)(uintptr_t)sp, &err);
+    Py_END_ALLOW_THREADS if (st) return raise_status(st, &err);
+    Py_RETURN_NONE;
+#else
+    W4_NO_CUDA();
+    return NULL;
+#endif
+}
+
+PyDoc_STRVAR(cuda_w4a16_doc,
+             "cuda_w4a16(x_ptr, qweight_ptr, qzeros_ptr, scales_ptr, bias_ptr, y_ptr, M, K, N, group_size,\n"
+             "           dtype, stream=0, path=\"auto\", ctx=None, scales_dtype=None, config=None) -> str\n"
+             "y[M,N] = x[M,K] @ W + bias on the GPU (fp32 accumulation); returns the path that ran.\n"
+             "qweight_ptr: the repacked layout (cuda_w4a16_repack); qzeros [G, N/8] int32 and scales\n"
+             "[G, N] as in the checkpoint; bias_ptr 0 for none. dtype: \"float16\" | \"bfloat16\" (x, y,\n"
+             "bias); scales_dtype: None (= dtype) or \"float16\" with bfloat16 activations.\n"
+             "path: \"auto\" | \"gemv\" (CUDA cores, M <= 8) | \"mma\" (tensor cores) | \"cublas\"\n"
+             "(dequantize + cuBLAS, needs ctx) | \"ref\" (naive). ctx: cuda_w4a16_context() enables\n"
+             "stream-K and the cuBLAS path. config: (wn, blocks[, stages[, tm]]) overrides the\n"
+             "gemv/mma heuristic (warps per block, each 64 features; grid size; pipeline depth 3..8;\n"
+             "tokens per block / 8; 0 = heuristic), for tests and tuning.");
+static PyObject *py_cuda_w4a16(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"x_ptr", "qweight_ptr", "qzeros_ptr", "scales_ptr", "bias_ptr", "y_ptr",
+                             "M", "K", "N", "group_size", "dtype", "stream", "path", "ctx",
+                             "scales_dtype", "config", NULL};
+    unsigned long long xp, qp, zp, sp, bp, yp, stream = 0;
+    long long M, K, N, g;
+    const char *dtype, *path = "auto", *sdtype = NULL;
+    PyObject *ctxo = Py_None, *cfgo = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "KKKKKKLLLLs|KsOzO:cuda_w4a16", kwlist, &xp, &qp, &zp, &sp,
+                                     &bp, &yp, &M, &K, &N, &g, &dtype, &stream, &path, &ctxo, &sdtype,
+                                     &cfgo))
+        return NULL;
+#ifdef AWQ_WITH_CUDA
+    int ok = 1, pi = -1, used = -1, st;
+    awq_err err = {{0}};
+    awq_w4a16_cfg cfg = {0, 0, 0, 0};
+    const int xd = w4_dtype(dtype, "dtype");
+    if (xd < 0) return NULL;
+    const int sd = sdtype ? w4_dtype(sdtype, "scales_dtype") : xd;
+    if (sd < 0) return NULL;
+    for (int i = 0; i < (int)(sizeof(W4_PATHS) / sizeof(W4_PATHS[0])); i++)
+        if (!strcmp(path, W4_PATHS[i])) pi = i;
+    if (pi < 0) {
+        PyErr_Format(PyExc_ValueError, "path: expected auto, gemv, mma, cublas or ref, got \"%s\"", path);
+        return NULL;
+    }
+    awq_w4a16_ctx *ctx = w4_ctx_of(ctxo, &ok);
+    if (!ok) return NULL;
+    if (cfgo != Py_None && !PyArg_ParseTuple(cfgo, "ii|ii;config: expected (wn, blocks[, stages[, tm]])",
+                                             &cfg.wn, &cfg.blocks, &cfg.stages, &cfg.tm))
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS st = awq_cuda_w4a16(
+        (const void *)(uintptr_t)xp, xd, (const void *)(uintptr_t)qp, (const int32_t *)(uintptr_t)zp,
+        (const void *)(uintptr_t)sp, sd, (const void *)(uintptr_t)bp, (void *)(uintptr_t)yp, M, K, N, g, pi,
+        cfgo == Py_None ? NULL : &cfg, ctx, (void *)(uintptr_t)stream, &used, &err);
+    Py_END_ALLOW_THREADS if (st) return raise_status(st, &err);
+    return PyUnicode_FromString(used >= 0 ? W4_PATHS[used] : "none");
+#else
+    (void)ctxo;
+    (void)cfgo;
+    W4_NO_CUDA();
+    return NULL;
+#endif
+}
+
+PyDoc_STRVAR(cuda_w4a16_plan_doc,
+             "cuda_w4a16_plan(M, K, N, group_size, ctx=None) -> dict: the path and (gemv/mma) the\n"
+             "kernel configuration (wn, blocks, stages, tm) that cuda_w4a16(path=\"auto\") runs.");
+static PyObject *py_cuda_w4a16_plan(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"M", "K", "N", "group_size", "ctx", NULL};
+    long long M, K, N, g;
+    PyObject *ctxo = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "LLLL|O:cuda_w4a16_plan", kwlist, &M, &K, &N, &g, &ctxo))
+        return NULL;
+#ifdef AWQ_WITH_CUDA
+    int ok = 1, path = 0, st;
+    awq_err err = {{0}};
+    awq_w4a16_cfg cfg;
+    awq_w4a16_ctx *ctx = w4_ctx_of(ctxo, &ok);
+    if (!ok) return NULL;
+    Py_BEGIN_ALLOW_THREADS st = awq_cuda_w4a16_plan(M, K, N, g, ctx, &path, &cfg, &err);
+    Py_END_ALLOW_THREADS if (st) return raise_status(st, &err);
+    return Py_BuildValue("{s:s,s:i,s:i,s:i,s:i}", "path", W4_PATHS[path], "wn", cfg.wn, "blocks", cfg.blocks,
+                         "stages", cfg.stages, "tm", cfg.tm);
+#else
+    (void)ctxo;
+    W4_NO_CUDA();
+    return NULL;
+#endif
+}
+
+#define AWQ_CUDA_W4A16_METHODS                                                                     \
+    {"cuda_w4a16_context", py_cuda_w4a16_context, METH_NOARGS, cuda_w4a16_context_doc},            \
+        {"cuda_w4a16_repack_nbytes", py_cuda_w4a16_repack_nbytes, METH_VARARGS,                    \
+         cuda_w4a16_repack_nbytes_doc},                                                            \
+        {"cuda_w4a16_repack", (PyCFunction)(void (*)(void))py_cuda_w4a16_repack,                   \
+         METH_VARARGS | METH_KEYWORDS, cuda_w4a16_repack_doc},                                     \
+        {"cuda_w4a16", (PyCFunction)(void (*)(void))py_cuda_w4a16, METH_VARARGS | METH_KEYWORDS,   \
+         cuda_w4a16_doc},                                                                          \
+        {"cuda_w4a16_plan", (PyCFunction)(void (*)(void))py_cuda_w4a16_plan,                       \
+         METH_VARARGS | METH_KEYWORDS, cuda_w4a16_plan_doc},
+/* ---- end CUDA W4A16 ---- */
+
 /* ---------------------------------------------------------------- module */
 
 static PyMethodDef methods[] = {
@@ -1510,6 +1709,7 @@ static PyMethodDef methods[] = {
     {"clip_search", (PyCFunction)(void (*)(void))py_clip_search, METH_VARARGS | METH_KEYWORDS,
      clip_search_doc},
     AWQ_CUDA_OPS_METHODS /* ---- CUDA tensors and ops (methods) ---- */
+    AWQ_CUDA_W4A16_METHODS /* ---- CUDA W4A16 (methods) ---- */
     /* AWQ_METHODS_END (keep: new entries go above this line) */
     {NULL, NULL, 0, NULL},
 };
