@@ -1335,6 +1335,45 @@ done:
     return res;
 }
 
+PyDoc_STRVAR(cuda_scale_cols_doc, "cuda_scale_cols(ctx, dt, x, s, y, M, K, inverse, stream).");
+static PyObject *py_cuda_scale_cols(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *cap, *res = NULL;
+    int dt, inverse;
+    unsigned long long x, s, y, stream;
+    long long M, K;
+    awq_err err = {{0}};
+    if (!PyArg_ParseTuple(args, "OiKKKLLpK:cuda_scale_cols", &cap, &dt, &x, &s, &y, &M, &K, &inverse,
+                          &stream))
+        return NULL;
+    awq_cuda_ctx *ctx = ctx_of(cap);
+    if (!ctx) return NULL;
+    CUDA_CALL(awq_cuda_scale_cols(ctx, dt, PTR(x), (const float *)PTR(s), PTR(y), M, K, inverse,
+                                  PTR(stream), &err));
+    Py_INCREF(Py_None);
+    res = Py_None;
+done:
+    return res;
+}
+
+PyDoc_STRVAR(cuda_sq_diff_sum_doc, "cuda_sq_diff_sum(ctx, dt, a, b, n, stream) -> float: sum (a-b)^2.");
+static PyObject *py_cuda_sq_diff_sum(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *cap, *res = NULL;
+    int dt;
+    unsigned long long a, b, stream;
+    long long n;
+    double out = 0.0;
+    awq_err err = {{0}};
+    if (!PyArg_ParseTuple(args, "OiKKLK:cuda_sq_diff_sum", &cap, &dt, &a, &b, &n, &stream)) return NULL;
+    awq_cuda_ctx *ctx = ctx_of(cap);
+    if (!ctx) return NULL;
+    CUDA_CALL(awq_cuda_sq_diff_sum(ctx, dt, PTR(a), PTR(b), n, &out, PTR(stream), &err));
+    res = PyFloat_FromDouble(out);
+done:
+    return res;
+}
+
 PyDoc_STRVAR(cuda_cast_doc, "cuda_cast(ctx, src_dt, src, dst_dt, dst, n, stream).");
 static PyObject *py_cuda_cast(PyObject *self, PyObject *args) {
     (void)self;
@@ -1475,7 +1514,8 @@ done:
         METH_V(cuda_attention), {"cuda_silu_mul", py_cuda_silu_mul, METH_VARARGS, cuda_binary_doc}, \
         {"cuda_add", py_cuda_add, METH_VARARGS, cuda_binary_doc}, METH_V(cuda_abs_mean),           \
         METH_V(cuda_cast), METH_V(cuda_copy_strided), METH_V(cuda_linear),                         \
-        METH_V(cuda_pseudo_quantize), METH_V(cuda_clip_search),
+        METH_V(cuda_pseudo_quantize), METH_V(cuda_clip_search), METH_V(cuda_scale_cols),          \
+        METH_V(cuda_sq_diff_sum),
 #undef CUDA_CALL
 #else
 #define AWQ_CUDA_OPS_METHODS
