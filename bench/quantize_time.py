@@ -64,6 +64,7 @@ def main():
     ap.add_argument("--blocks", type=int, default=128)
     ap.add_argument("--seqlen", type=int, default=512)
     ap.add_argument("--folder", default="/tmp/awq-llama2-7b-random")
+    ap.add_argument("--profile", action="store_true", help="cProfile the quantization, top 20 by own time")
     args = ap.parse_args()
     shutil.rmtree(args.folder, ignore_errors=True)
     t0 = time.time()
@@ -73,8 +74,17 @@ def main():
     calib = rng.integers(0, LLAMA2_7B["vocab_size"], size=(args.blocks, args.seqlen)).tolist()
     model = AutoAWQForCausalLM.from_pretrained(args.folder, device_map=args.device)
     t0 = time.time()
-    model.quantize(None, quant_config={"w_bit": 4, "q_group_size": 128, "zero_point": True},
-                   calib_data=calib, max_calib_samples=args.blocks, max_calib_seq_len=args.seqlen)
+    run = lambda: model.quantize(None, quant_config={"w_bit": 4, "q_group_size": 128, "zero_point": True},  # noqa: E731
+                                 calib_data=calib, max_calib_samples=args.blocks, max_calib_seq_len=args.seqlen)
+    if args.profile:
+        import cProfile
+        import pstats
+
+        prof = cProfile.Profile()
+        prof.runcall(run)
+        pstats.Stats(prof).sort_stats("tottime").print_stats(20)
+    else:
+        run()
     t_q = time.time() - t0
     dev = args.device
     if dev.startswith("cuda"):
