@@ -8,7 +8,6 @@ read per token, resident memory, and the machine.
 """
 import argparse
 import os
-import platform
 import resource
 import sys
 import time
@@ -19,16 +18,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from awq import AutoAWQForCausalLM, zoo  # noqa: E402
 from awq._backend import cpu_info  # noqa: E402
+from machine import cpu_model  # noqa: E402
 
 
-def cpu_name():
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def run(model, prompt, new):
@@ -67,7 +59,7 @@ def main():
         rows.append((name, pre, dec))
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     info = cpu_info()
-    print(f"machine: {cpu_name()}, {os.cpu_count()} cores, kernels {info['isa']}, BLAS {info['blas']}")
+    print(f"machine: {cpu_model()}, {os.cpu_count()} cores, kernels {info['isa']}, BLAS {info['blas']}")
     print(f"SmolLM2-135M, batch 1, prompt {args.prompt_len}, {args.new} new tokens (greedy)\n")
     print("| model | prefill tok/s | decode tok/s | decode ratio vs fp16 |")
     print("|---|---|---|---|")

@@ -24,6 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the in-tree build of awq
 import awq._awq_C as C  # noqa: E402
+from machine import blas_libraries, cpu_model  # noqa: E402
 
 M_CALIB = 8192
 SHAPES = [  # (M, K, N, what)
@@ -35,29 +36,8 @@ SHAPES = [  # (M, K, N, what)
 ]
 
 
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
-def blas_libraries():
-    """One line per BLAS / OpenMP runtime loaded in this process (threadpoolctl if installed)."""
-    try:
-        from threadpoolctl import threadpool_info
-    except ImportError:
-        return ["threadpoolctl not installed: numpy's BLAS unknown (pip install threadpoolctl)"]
-    lines = []
-    for lib in threadpool_info():
-        lines.append(f"{lib.get('internal_api')} {lib.get('version')} "
-                     f"threads={lib.get('num_threads')} layer={lib.get('threading_layer', '-')} "
-                     f"arch={lib.get('architecture', '-')} {os.path.basename(lib.get('filepath', ''))}")
-    return lines
 
 
 def median_seconds(fn, runs):

@@ -22,6 +22,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo's awq
 import awq._awq_C as C  # noqa: E402
+from machine import cpu_model  # noqa: E402
 
 POOL_BYTES = 512 << 20  # weight pool the calls rotate through (larger than the last-level cache)
 # (name, K, N, kind, group size). SmolLM2-135M's 576 is not a multiple of 128: its layers use g=64.
@@ -36,15 +37,6 @@ SHAPES = [
 ]
 
 
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def cpu_busy(interval=0.25):
