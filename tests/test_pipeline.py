@@ -254,8 +254,11 @@ def test_missing_and_truncated_weights(tmp_path, tiny):
 def test_group_size_not_dividing_in_features(tiny):
     folder, _, _ = tiny
     m = AutoAWQForCausalLM.from_pretrained(folder)
-    with pytest.raises(ValueError, match="divide"):
+    with pytest.raises(ValueError, match="does not divide in_features 64 of self_attn.q_proj"):
         m.quantize(CharTokenizer(), quant_config={"q_group_size": 48}, rtn=True)
+    with pytest.raises(ValueError, match="does not divide in_features 160 of mlp.down_proj"):
+        m.quantize(CharTokenizer(), quant_config={"q_group_size": 64}, calib_data=calib_texts(),
+                   max_calib_seq_len=64)
 
 
 def test_nan_weights_named(tmp_path):

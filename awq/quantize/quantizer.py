@@ -140,6 +140,13 @@ class AwqQuantizer:
     def quantize(self):
         """Returns (layers, reports): per layer a dict of tensors ready for the runtime/save."""
         cfg = self.cfg
+        if self.group_size != -1:  # fail before any calibration work, naming the linear
+            for lin in self.spec.linear_names():
+                K = self.awq_model._expected_shape(lin)[1]
+                if K % self.group_size:
+                    raise ValueError(
+                        f"q_group_size {self.group_size} does not divide in_features {K} of {lin}; "
+                        f"use a group size that divides every layer width (or -1)")
         if self.rtn:
             blocks = None
         else:
