@@ -24,7 +24,7 @@ class PrintStreamer:
             self.first = False
             return
         self.ids += [int(t) for t in v.reshape(-1)]
-        text = self.tok.decode(self.ids)
+        text = self.tok.decode(self.ids, skip_special_tokens=True)
         print(text[len(self.shown):], end="", flush=True)
         self.shown = text
 
