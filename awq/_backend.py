@@ -17,6 +17,11 @@ def cpu_info() -> dict:
     return C.cpu_info()
 
 
+def cuda_index(device: str) -> int:
+    """"cuda" -> 0, "cuda:N" -> N."""
+    return int(device.split(":", 1)[1]) if ":" in device else 0
+
+
 def require_cuda():
     """Raises RuntimeError naming why the GPU cannot be used (no CUDA build, no driver, no device)."""
     info = C.cuda_info()

@@ -53,7 +53,7 @@ def read_model_config(folder: str) -> dict:
 def _note_ignored(kwargs: dict):
     for k, v in kwargs.items():
         if k in IGNORED_FLAGS and v != IGNORED_FLAGS[k]:
-            print(f"awq: {k}={v!r} has no effect in this build (CPU backend); ignored", file=sys.stderr)
+            print(f"awq: {k}={v!r} has no effect in awq; ignored", file=sys.stderr)
 
 
 def _check_device(device_map):
@@ -88,11 +88,12 @@ def normalize_quant_config(qc: Optional[dict]) -> dict:
     return out
 
 
-def module_matches(entry: str, full_name: str, block_relative: str) -> bool:
-    """True when any engine's rule for modules_to_not_convert would match: substring (vLLM, SGLang,
-    transformers 4), start/end anchored (transformers 5), block-relative substring (AutoAWQ)."""
-    return (entry in full_name or full_name.startswith(entry) or full_name.endswith(entry)
-            or entry in block_relative)
+def module_matches(entry: str, full_name: str) -> bool:
+    """True when any engine's rule for modules_to_not_convert would match. The rules are substring
+    (vLLM, SGLang, transformers 4), start/end anchored (transformers 5) and block-relative substring
+    (AutoAWQ); each of the others implies a substring match of the full dotted name, so that one
+    test covers all of them."""
+    return entry in full_name
 
 
 class BaseAWQForCausalLM:
@@ -107,6 +108,9 @@ class BaseAWQForCausalLM:
         self.is_quantized = is_quantized
         self.quant_config = quant_config
         self._layers = layers  # None: read float layers from the checkpoint
+        self._float_cache: Dict[int, Dict] = {}  # converted float layers (non-fp16 checkpoints)
+        self.run_device = "cpu"  # where forward/generate and quantize run: "cpu" or "cuda[:N]"
+        self.max_seq_len: Optional[int] = None
         self._tokenizer = None
         self.reports = []
         self._check_tensors()
@@ -125,7 +129,7 @@ class BaseAWQForCausalLM:
             raise ValueError(f"{folder} holds an already quantized checkpoint; load it with from_quantized")
         ckpt = open_checkpoint(folder)
         model = cls(folder, config, ckpt, False, {})
-        model.quant_device = model.run_device = device
+        model.run_device = device
         return model
 
     @classmethod
@@ -171,6 +175,11 @@ class BaseAWQForCausalLM:
         return {s.q: (Hq * d, D), s.k: (Hkv * d, D), s.v: (Hkv * d, D), s.o: (D, Hq * d),
                 s.gate: (F, D), s.up: (F, D), s.down: (D, F)}[lin]
 
+    def _tensor_f16_or_f32(self, name: str) -> np.ndarray:
+        """An fp16 tensor as its zero-copy view of the mmap; any other float dtype as fp32."""
+        ck = self.ckpt
+        return ck.get(name) if ck.dtype(name) == "F16" else ck.get_float32(name)
+
     def load_layer_f32(self, i: int) -> Dict[str, np.ndarray]:
         """Layer i's float tensors as fp32 copies: '<linear>.weight', '<linear>.bias', '<norm>.weight'."""
         spec, ck = self.spec, self.ckpt
@@ -194,7 +203,7 @@ class BaseAWQForCausalLM:
         """Runtime modules of an unquantized layer from the checkpoint. fp16 weights are used in
         place (zero-copy views of the mmap); other dtypes are converted once, to fp16 when that is
         exact enough and in range, and kept, so generation does not convert them every token."""
-        cache = self.__dict__.setdefault("_float_cache", {})
+        cache = self._float_cache
         if i in cache:
             return cache[i]
         spec, ck = self.spec, self.ckpt
@@ -240,8 +249,7 @@ class BaseAWQForCausalLM:
                 except ValueError as e:
                     raise ValueError(f"{base}: {e}") from None
             elif base + ".weight" in ck:
-                w = ck.get(base + ".weight") if ck.dtype(base + ".weight") == "F16" else ck.get_float32(base + ".weight")
-                W[lin] = make_linear(w, bias)
+                W[lin] = make_linear(self._tensor_f16_or_f32(base + ".weight"), bias)
             else:
                 raise ValueError(f"{self.model_path}: neither {base}.qweight nor {base}.weight is present")
         for n in spec.norm_names():
@@ -255,31 +263,25 @@ class BaseAWQForCausalLM:
     def runtime(self) -> DecoderLM:
         if self._runtime is None:
             spec, ck, cfg = self.spec, self.ckpt, self.cfg
-            embed = ck.get(spec.embed)
-            edt = ck.dtype(spec.embed)
-            if spec.lm_head in ck:  # untied head; tied models store none
-                hname = spec.lm_head
-                lm_head = make_linear(ck.get(hname) if ck.dtype(hname) == "F16" else ck.get_float32(hname))
-            else:
-                lm_head = make_linear(embed if edt == "F16" else ck.get_float32(spec.embed))
+            embed, edt = ck.get(spec.embed), ck.dtype(spec.embed)
+            # untied head, or the embeddings (tied models store no lm_head)
+            lm_head = make_linear(self._tensor_f16_or_f32(spec.lm_head if spec.lm_head in ck else spec.embed))
             final_norm = ck.get_float32(spec.final_norm)
-            device = getattr(self, "run_device", "cpu")
-            if device.startswith("cuda"):
-                from awq.runtime.gpu_model import GpuDevice, gpu_layers
-
-                dev = GpuDevice("float16", int(device.split(":", 1)[1]) if ":" in device else 0)
-                host = [_runtime_modules(l) for l in self._layers] if self._layers is not None else \
-                    [self._float_layer(i) for i in range(cfg.num_layers)]
-                layers = gpu_layers(dev, host)
-                self._runtime = DecoderLM(spec, cfg, embed, edt, dev.norm(final_norm),
-                                          dev.dense(lm_head.weight), layers.__getitem__, device=dev)
-                return self._runtime
             if self._layers is not None:
                 layers = [_runtime_modules(l) for l in self._layers]
                 get_layer = layers.__getitem__
             else:
                 get_layer = self._float_layer
-            self._runtime = DecoderLM(spec, cfg, embed, edt, final_norm, lm_head, get_layer)
+            if self.run_device.startswith("cuda"):
+                from awq._backend import cuda_index
+                from awq.runtime.gpu_model import GpuDevice, gpu_layers
+
+                dev = GpuDevice("float16", cuda_index(self.run_device))
+                layers = gpu_layers(dev, [get_layer(i) for i in range(cfg.num_layers)])
+                self._runtime = DecoderLM(spec, cfg, embed, edt, dev.norm(final_norm),
+                                          dev.dense(lm_head.weight), layers.__getitem__, device=dev)
+            else:
+                self._runtime = DecoderLM(spec, cfg, embed, edt, final_norm, lm_head, get_layer)
         return self._runtime
 
     def forward(self, input_ids, **kwargs) -> np.ndarray:
@@ -301,7 +303,7 @@ class BaseAWQForCausalLM:
                         top_k=gen.get("top_k", 0) if top_k is None else top_k,
                         top_p=gen.get("top_p", 1.0) if top_p is None else top_p,
                         seed=seed, eos_token_id=eos_token_id, streamer=streamer, callback=callback,
-                        max_seq_len=getattr(self, "max_seq_len", None) or self.cfg.max_position_embeddings)
+                        max_seq_len=self.max_seq_len or self.cfg.max_position_embeddings)
 
     def generation_config(self) -> dict:
         p = os.path.join(self.model_path, "generation_config.json")
@@ -318,7 +320,7 @@ class BaseAWQForCausalLM:
             raise ValueError("this model is already quantized")
         qc = normalize_quant_config(quant_config)
         quantizer_cls = quantizer_cls or AwqQuantizer
-        kwargs.setdefault("device", getattr(self, "quant_device", "cpu"))
+        kwargs.setdefault("device", self.run_device)
         q = quantizer_cls(self, None, tokenizer, qc["w_bit"], qc["q_group_size"], qc["zero_point"], qc["version"],
                           calib_data, split, text_column, duo_scaling,
                           modules_to_not_convert=qc["modules_to_not_convert"], export_compatible=export_compatible,
@@ -329,7 +331,6 @@ class BaseAWQForCausalLM:
         self._tokenizer = tokenizer
         self.quant_config = qc
         self.is_quantized = not export_compatible
-        self.export_compatible = export_compatible
         self._runtime = None
         return self
 
@@ -350,16 +351,12 @@ class BaseAWQForCausalLM:
         for i, layer in enumerate(self._layers):
             for name, v in layer.items():
                 full = self._name(i, name)
-                if isinstance(v, QuantizedLinear):
-                    if v.w_bit != 4:
-                        raise ValueError(
-                            f"w_bit={v.w_bit}: only 4-bit weights have the AutoAWQ GEMM layout that transformers, "
-                            "vLLM, SGLang and TGI load; save with w_bit=4, or quantize(export_compatible=True) "
-                            "for an fp16 checkpoint with the AWQ scales folded in")
-                    t[full + ".qweight"], t[full + ".qzeros"], t[full + ".scales"] = v.qweight, v.qzeros, v.scales
-                    if v.bias is not None:
-                        t[full + ".bias"] = f16(v.bias)
-                elif isinstance(v, AWQLinear):  # re-saving a loaded checkpoint
+                if isinstance(v, QuantizedLinear) and v.w_bit != 4:
+                    raise ValueError(
+                        f"w_bit={v.w_bit}: only 4-bit weights have the AutoAWQ GEMM layout that transformers, "
+                        "vLLM, SGLang and TGI load; save with w_bit=4, or quantize(export_compatible=True) "
+                        "for an fp16 checkpoint with the AWQ scales folded in")
+                if isinstance(v, (QuantizedLinear, AWQLinear)):  # AWQLinear: re-saving a loaded checkpoint
                     t[full + ".qweight"], t[full + ".qzeros"], t[full + ".scales"] = v.qweight, v.qzeros, v.scales
                     if v.bias is not None:
                         t[full + ".bias"] = f16(v.bias)
@@ -400,8 +397,7 @@ class BaseAWQForCausalLM:
                      if self._name(i, n) not in skipped]
             for entry in skipped:
                 for m in qmods:
-                    rel = m[len(self.spec.layers_prefix) + 1:].split(".", 1)[-1]
-                    if module_matches(entry, m, rel):
+                    if module_matches(entry, m):
                         raise ValueError(f"modules_to_not_convert entry {entry!r} would also match the quantized "
                                          f"module {m!r} in some engine; refusing to save")
             config["quantization_config"] = {

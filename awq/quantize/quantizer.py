@@ -108,26 +108,27 @@ class AwqQuantizer:
     def _make_backend(self, device, calib_dtype):
         """CPU (fp32) by default; "cuda[:N]": the GPU in calib_dtype, by default the checkpoint's
         16-bit dtype (fp32 checkpoints stay fp32)."""
+        from awq._backend import cuda_index
         from awq.quantize.backend import CpuBackend, CudaBackend
 
         if device in (None, "cpu"):
             return CpuBackend()
         if not (isinstance(device, str) and device.startswith("cuda")):
             raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {device!r}")
-        index = int(device.split(":", 1)[1]) if ":" in device else 0
         if calib_dtype is None:
             stored = self.awq_model.ckpt.dtype(self.spec.layer_prefix(0) + self.spec.q + ".weight")
             calib_dtype = {"F16": "float16", "BF16": "bfloat16"}.get(stored, "float32")
-        return CudaBackend(calib_dtype, index)
+        return CudaBackend(calib_dtype, cuda_index(device))
 
     # ---- helpers ---------------------------------------------------------------------------
     def _g(self, K: int) -> int:
         return K if self.group_size == -1 else self.group_size
 
     def converted(self, layer_idx: int, name: str) -> bool:
-        """Block-relative substring rule of AutoAWQ for modules_to_not_convert."""
+        """False for linears listed in modules_to_not_convert: AutoAWQ's block-relative substring rule,
+        which a substring match of the full dotted name includes (and full paths match too)."""
         full = self.spec.layer_prefix(layer_idx) + name
-        return not any(m in name or m in full for m in self.modules_to_not_convert)
+        return not any(m in full for m in self.modules_to_not_convert)
 
     def _chunk_blocks(self, n_blocks: int, T: int) -> int:
         if self.n_parallel_calib_samples:
