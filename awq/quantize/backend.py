@@ -14,6 +14,7 @@ from typing import Optional
 import numpy as np
 
 from awq._backend import C
+from awq.runtime.gpu_model import GpuLinear, require_gpu, upload
 from awq.runtime.layers import CPU_OPS, DenseLinear
 
 
@@ -81,21 +82,13 @@ class CudaBackend:
     name = "cuda"
 
     def __init__(self, dtype: str = "float16", device: int = 0):
-        from awq import gpu
-
-        if not gpu.is_available():
-            from awq._backend import require_cuda
-
-            require_cuda()  # raises, naming why
+        gpu = require_gpu()
         self.gpu, self.device = gpu, device
         self.dt = gpu.as_dtype(dtype)
         self.ops = gpu
 
     def _up(self, a: np.ndarray):
-        g = self.gpu
-        a = np.ascontiguousarray(a, dtype=np.float32)
-        t = g.from_numpy(a, self.device)
-        return t if self.dt == g.float32 else t.to(self.dt)
+        return upload(self.gpu, a, self.dt, self.device)
 
     def activations(self, x: np.ndarray):
         return self._up(x)
@@ -115,7 +108,7 @@ class CudaBackend:
     def linear(self, w, bias: Optional[np.ndarray]):
         gw = w if isinstance(w, self.gpu.GpuTensor) else self._up(w)
         b = None if bias is None else self.gpu.from_numpy(np.ascontiguousarray(bias, np.float32), self.device)
-        return _GpuLinear(self.gpu, gw, b)
+        return GpuLinear(self.gpu, gw, b)
 
     def abs_mean(self, x) -> np.ndarray:
         return self.gpu.abs_mean(x).to_numpy().astype(np.float64)
@@ -161,12 +154,3 @@ def _gather_rows(g, feat, step: int):
     out = g.empty((n, K), feat.dtype, feat.device, what="clip-search token sample")
     C.cuda_copy_strided(feat.context.handle, feat.itemsize, feat.ptr, (n, K), (step * K, 1), out.ptr, 0)
     return out
-
-
-class _GpuLinear:
-    def __init__(self, gpu, w, bias):
-        self.gpu, self.weight, self.bias = gpu, w, bias
-        self.out_features, self.in_features = w.shape
-
-    def __call__(self, x):
-        return self.gpu.linear(x, self.weight, self.bias)

@@ -16,16 +16,39 @@ import numpy as np
 from awq._backend import C
 
 
+def require_gpu():
+    """awq.gpu, after checking a CUDA device is usable (else RuntimeError naming why)."""
+    from awq import gpu
+
+    if not gpu.is_available():
+        from awq._backend import require_cuda
+
+        require_cuda()
+    return gpu
+
+
+def upload(gpu, a: np.ndarray, dt, device: int):
+    """A host array as a GpuTensor of dtype dt (sent as fp32, converted on the device)."""
+    t = gpu.from_numpy(np.ascontiguousarray(a, np.float32), device)
+    return t if dt == gpu.float32 else t.to(dt)
+
+
+class GpuLinear:
+    """y = x @ w^T + b through cuBLAS (awq.gpu.linear); w a GpuTensor [N, K], b fp32 or None."""
+
+    def __init__(self, gpu, w, bias):
+        self.gpu, self.weight, self.bias = gpu, w, bias
+        self.out_features, self.in_features = w.shape
+
+    def __call__(self, x):
+        return self.gpu.linear(x, self.weight, self.bias)
+
+
 class GpuDevice:
     name = "cuda"
 
     def __init__(self, dtype: str = "float16", device: int = 0):
-        from awq import gpu
-
-        if not gpu.is_available():
-            from awq._backend import require_cuda
-
-            require_cuda()
+        gpu = require_gpu()
         self.gpu, self.index = gpu, device
         self.dt = gpu.as_dtype(dtype)
         if self.dt not in (gpu.float16, gpu.bfloat16):
@@ -35,8 +58,7 @@ class GpuDevice:
 
     # ---- tensors ----------------------------------------------------------------------------
     def upload(self, x: np.ndarray):
-        t = self.gpu.from_numpy(np.ascontiguousarray(x, np.float32), self.index)
-        return t.to(self.dt)
+        return upload(self.gpu, x, self.dt, self.index)
 
     def download(self, t) -> np.ndarray:
         return t.to(self.gpu.float32).to_numpy()
@@ -61,12 +83,10 @@ class GpuDevice:
 
     def dense(self, w: np.ndarray, bias=None):
         """A dense linear with weights stored in the activation dtype (lm_head, unquantized)."""
-        from awq.quantize.backend import _GpuLinear
-
         gw = self.upload(np.asarray(w, np.float32)) if w.dtype != np.float16 or self.dt != self.gpu.float16 \
             else self.gpu.from_numpy(np.ascontiguousarray(w), self.index)
         b = None if bias is None else self.norm(bias)
-        return _GpuLinear(self.gpu, gw, b)
+        return GpuLinear(self.gpu, gw, b)
 
     def awq(self, lin):
         """An AWQLinear (host packed tensors) -> GpuAWQLinear."""
@@ -110,9 +130,6 @@ class GpuKVCache:
         self.v = [g.zeros(shape, dev.dt, dev.index) for _ in range(num_layers)]
         self.dev, self.batch, self.max_len, self.length = dev, batch, max_len, 0
         self.row = kv_heads * head_dim
-
-    def reset(self):
-        self.length = 0
 
     def write(self, layer_idx: int, pos0: int, k, v):
         g = self.dev.gpu

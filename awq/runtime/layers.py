@@ -95,9 +95,6 @@ class KVCache:
         self.v = [np.zeros(shape, np.float32) for _ in range(num_layers)]
         self.batch, self.max_len, self.length = batch, max_len, 0
 
-    def reset(self):
-        self.length = 0
-
     def write(self, layer_idx: int, pos0: int, k, v):
         """Stores k, v [B, T, Hkv, d] at positions pos0 .. pos0+T-1 of layer layer_idx."""
         T = k.shape[1]
