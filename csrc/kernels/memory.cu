@@ -1,13 +1,11 @@
-/* memory.cu: the per-device context of the GPU backend: a caching allocator over plain cudaMalloc,
+/* memory.cu: the per-device context of the GPU backend: a caching allocator over plain gpuMalloc,
  * copies, stream helpers and the lazily created cuBLAS handle (contracts in ops_cuda.h).
  *
  * Why a cache: calibration allocates and drops the same activation shapes layer after layer, and
- * cudaMalloc / cudaFree synchronize the device and cost tens of microseconds each. Free lists are
+ * gpuMalloc / gpuFree synchronize the device and cost tens of microseconds each. Free lists are
  * keyed by size class, so a block is reused only for requests of its own class (no splitting, no
  * fragmentation bookkeeping); empty_cache() gives everything cached back to the driver.
  */
-#include <cublas_v2.h>
-#include <cuda_runtime.h>
 #include <stdio.h>
 
 #include <mutex>
@@ -23,7 +21,7 @@ struct awq_cuda_ctx {
     std::mutex mu;                                             /* guards free_lists and st */
     std::unordered_map<size_t, std::vector<void *>> free_lists; /* size class -> cached blocks */
     awq_cuda_mem_stats st;
-    cublasHandle_t blas; /* NULL until the first dense linear */
+    gpublasHandle_t blas; /* NULL until the first dense linear */
 };
 
 /* ---------------------------------------------------------------- dtypes */
@@ -57,11 +55,11 @@ extern "C" const char *awq_dtype_name(int dt) {
 extern "C" int awq_cuda_ctx_create(int device, awq_cuda_ctx **out, awq_err *err) {
     *out = NULL;
     int count = 0;
-    AWQ_CUDA_CHECK(cudaGetDeviceCount(&count), err);
+    AWQ_CUDA_CHECK(gpuGetDeviceCount(&count), err);
     if (device < 0 || device >= count)
         return awq_set_err(err, AWQ_ERR_VALUE, "CUDA device %d does not exist (%d device%s visible)",
                            device, count, count == 1 ? "" : "s");
-    AWQ_CUDA_CHECK(cudaSetDevice(device), err);
+    AWQ_CUDA_CHECK(gpuSetDevice(device), err);
     awq_cuda_ctx *ctx = new (std::nothrow) awq_cuda_ctx();
     if (!ctx) return awq_set_err(err, AWQ_ERR_NOMEM, "out of host memory for a CUDA context");
     ctx->device = device;
@@ -76,7 +74,7 @@ extern "C" void awq_cuda_ctx_destroy(awq_cuda_ctx *ctx) {
     awq_err err;
     (void)awq_cuda_empty_cache(ctx, &err);
     if (ctx->blas) {
-        if (cudaSetDevice(ctx->device) == cudaSuccess) cublasDestroy(ctx->blas);
+        if (gpuSetDevice(ctx->device) == gpuSuccess) gpublasDestroy(ctx->blas);
     }
     delete ctx;
 }
@@ -84,19 +82,19 @@ extern "C" void awq_cuda_ctx_destroy(awq_cuda_ctx *ctx) {
 extern "C" int awq_cuda_ctx_device(const awq_cuda_ctx *ctx) { return ctx->device; }
 
 extern "C" int awq_cuda_ctx_activate(awq_cuda_ctx *ctx, awq_err *err) {
-    AWQ_CUDA_CHECK(cudaSetDevice(ctx->device), err);
+    AWQ_CUDA_CHECK(gpuSetDevice(ctx->device), err);
     return AWQ_OK;
 }
 
 extern "C" int awq_cuda_ctx_blas(awq_cuda_ctx *ctx, void **handle, awq_err *err) {
     std::lock_guard<std::mutex> lock(ctx->mu);
     if (!ctx->blas) {
-        AWQ_CUDA_CHECK(cudaSetDevice(ctx->device), err);
-        cublasStatus_t s = cublasCreate(&ctx->blas);
-        if (s != CUBLAS_STATUS_SUCCESS) {
+        AWQ_CUDA_CHECK(gpuSetDevice(ctx->device), err);
+        gpublasStatus_t s = gpublasCreate(&ctx->blas);
+        if (s != GPUBLAS_STATUS_SUCCESS) {
             ctx->blas = NULL;
-            return awq_set_err(err, AWQ_ERR_RUNTIME, "cublasCreate failed on device %d: %s",
-                               ctx->device, cublasGetStatusString(s));
+            return awq_set_err(err, AWQ_ERR_RUNTIME, "gpublasCreate failed on device %d: %s",
+                               ctx->device, gpublasGetStatusString(s));
         }
     }
     *handle = (void *)ctx->blas;
@@ -114,7 +112,7 @@ extern "C" size_t awq_cuda_size_class(size_t n) {
     if (step < 512) step = 512;
     if (step > ((size_t)2 << 20)) step = (size_t)2 << 20;
     size_t r = (n + step - 1) / step * step;
-    return r < n ? n : r; /* overflow guard: n near SIZE_MAX is left as is (cudaMalloc refuses it) */
+    return r < n ? n : r; /* overflow guard: n near SIZE_MAX is left as is (gpuMalloc refuses it) */
 }
 
 static void note_alloc(awq_cuda_ctx *ctx, size_t cls, size_t nbytes) {
@@ -126,13 +124,13 @@ static void note_alloc(awq_cuda_ctx *ctx, size_t cls, size_t nbytes) {
     if (s->reserved > s->peak_reserved) s->peak_reserved = s->reserved;
 }
 
-/* cudaFree of every cached block; caller holds ctx->mu and has made the device current. */
-static cudaError_t release_cached_locked(awq_cuda_ctx *ctx) {
-    cudaError_t first = cudaSuccess;
+/* gpuFree of every cached block; caller holds ctx->mu and has made the device current. */
+static gpuError_t release_cached_locked(awq_cuda_ctx *ctx) {
+    gpuError_t first = gpuSuccess;
     for (auto &kv : ctx->free_lists) {
         for (void *p : kv.second) {
-            cudaError_t e = cudaFree(p);
-            if (e != cudaSuccess && first == cudaSuccess) first = e;
+            gpuError_t e = gpuFree(p);
+            if (e != gpuSuccess && first == gpuSuccess) first = e;
             ctx->st.cached -= (int64_t)kv.first;
             ctx->st.n_cuda_free++;
         }
@@ -169,32 +167,32 @@ extern "C" int awq_cuda_alloc(awq_cuda_ctx *ctx, size_t nbytes, const char *what
         note_alloc(ctx, cls, nbytes);
         return AWQ_OK;
     }
-    AWQ_CUDA_CHECK(cudaSetDevice(ctx->device), err);
-    cudaError_t e = cudaMalloc(ptr, cls);
-    if (e == cudaErrorMemoryAllocation && ctx->st.cached > 0) {
-        (void)cudaGetLastError(); /* clear the sticky-free error state before retrying */
+    AWQ_CUDA_CHECK(gpuSetDevice(ctx->device), err);
+    gpuError_t e = gpuMalloc(ptr, cls);
+    if (e == gpuErrorMemoryAllocation && ctx->st.cached > 0) {
+        (void)gpuGetLastError(); /* clear the sticky-free error state before retrying */
         (void)release_cached_locked(ctx);
-        e = cudaMalloc(ptr, cls);
+        e = gpuMalloc(ptr, cls);
     }
-    if (e != cudaSuccess) {
-        (void)cudaGetLastError();
+    if (e != gpuSuccess) {
+        (void)gpuGetLastError();
         *ptr = NULL;
         char req[32], used[32];
         format_bytes(req, sizeof req, (double)nbytes);
         format_bytes(used, sizeof used, (double)ctx->st.in_use);
         size_t free_b = 0, total_b = 0;
         char freebuf[32] = "?", totbuf[32] = "?";
-        if (cudaMemGetInfo(&free_b, &total_b) == cudaSuccess) {
+        if (gpuMemGetInfo(&free_b, &total_b) == gpuSuccess) {
             format_bytes(freebuf, sizeof freebuf, (double)free_b);
             format_bytes(totbuf, sizeof totbuf, (double)total_b);
         } else {
-            (void)cudaGetLastError();
+            (void)gpuGetLastError();
         }
-        return awq_set_err(err, e == cudaErrorMemoryAllocation ? AWQ_ERR_NOMEM : AWQ_ERR_RUNTIME,
-                           "cudaMalloc(%zu bytes = %s) for %s failed on device %d: %s (this "
+        return awq_set_err(err, e == gpuErrorMemoryAllocation ? AWQ_ERR_NOMEM : AWQ_ERR_RUNTIME,
+                           "gpuMalloc(%zu bytes = %s) for %s failed on device %d: %s (this "
                            "context holds %s in use; device free %s of %s)",
                            nbytes, req, what ? what : "a GPU buffer", ctx->device,
-                           cudaGetErrorString(e), used, freebuf, totbuf);
+                           gpuGetErrorString(e), used, freebuf, totbuf);
     }
     ctx->st.n_cuda_malloc++;
     note_alloc(ctx, cls, nbytes);
@@ -216,11 +214,11 @@ extern "C" void awq_cuda_free(awq_cuda_ctx *ctx, void *ptr, size_t nbytes) {
 extern "C" int awq_cuda_empty_cache(awq_cuda_ctx *ctx, awq_err *err) {
     std::lock_guard<std::mutex> lock(ctx->mu);
     if (ctx->st.cached == 0) return AWQ_OK;
-    AWQ_CUDA_CHECK(cudaSetDevice(ctx->device), err);
-    cudaError_t e = release_cached_locked(ctx);
-    if (e != cudaSuccess)
-        return awq_set_err(err, AWQ_ERR_RUNTIME, "cudaFree of cached blocks failed on device %d: %s",
-                           ctx->device, cudaGetErrorString(e));
+    AWQ_CUDA_CHECK(gpuSetDevice(ctx->device), err);
+    gpuError_t e = release_cached_locked(ctx);
+    if (e != gpuSuccess)
+        return awq_set_err(err, AWQ_ERR_RUNTIME, "gpuFree of cached blocks failed on device %d: %s",
+                           ctx->device, gpuGetErrorString(e));
     return AWQ_OK;
 }
 
@@ -233,41 +231,41 @@ extern "C" void awq_cuda_mem_stats_get(awq_cuda_ctx *ctx, awq_cuda_mem_stats *ou
 
 extern "C" int awq_cuda_copy(awq_cuda_ctx *ctx, void *dst, const void *src, size_t nbytes,
                              int kind, void *stream, awq_err *err) {
-    cudaStream_t s = (cudaStream_t)stream;
+    gpuStream_t s = (gpuStream_t)stream;
     if (kind < AWQ_COPY_H2D || kind > AWQ_COPY_D2D)
         return awq_set_err(err, AWQ_ERR_VALUE, "copy: unknown kind %d", kind);
     if (nbytes == 0) return AWQ_OK;
-    const cudaMemcpyKind k = kind == AWQ_COPY_H2D   ? cudaMemcpyHostToDevice
-                             : kind == AWQ_COPY_D2H ? cudaMemcpyDeviceToHost
-                                                    : cudaMemcpyDeviceToDevice;
-    AWQ_CUDA_CHECK(cudaSetDevice(ctx->device), err);
-    AWQ_CUDA_CHECK(cudaMemcpyAsync(dst, src, nbytes, k, s), err);
-    if (kind != AWQ_COPY_D2D) AWQ_CUDA_CHECK(cudaStreamSynchronize(s), err);
+    const gpuMemcpyKind k = kind == AWQ_COPY_H2D   ? gpuMemcpyHostToDevice
+                             : kind == AWQ_COPY_D2H ? gpuMemcpyDeviceToHost
+                                                    : gpuMemcpyDeviceToDevice;
+    AWQ_CUDA_CHECK(gpuSetDevice(ctx->device), err);
+    AWQ_CUDA_CHECK(gpuMemcpyAsync(dst, src, nbytes, k, s), err);
+    if (kind != AWQ_COPY_D2D) AWQ_CUDA_CHECK(gpuStreamSynchronize(s), err);
     return AWQ_OK;
 }
 
 extern "C" int awq_cuda_memset(awq_cuda_ctx *ctx, void *ptr, int byte, size_t nbytes, void *stream,
                                awq_err *err) {
     if (nbytes == 0) return AWQ_OK;
-    AWQ_CUDA_CHECK(cudaSetDevice(ctx->device), err);
-    AWQ_CUDA_CHECK(cudaMemsetAsync(ptr, byte, nbytes, (cudaStream_t)stream), err);
+    AWQ_CUDA_CHECK(gpuSetDevice(ctx->device), err);
+    AWQ_CUDA_CHECK(gpuMemsetAsync(ptr, byte, nbytes, (gpuStream_t)stream), err);
     return AWQ_OK;
 }
 
 extern "C" int awq_cuda_stream_sync(awq_cuda_ctx *ctx, void *stream, awq_err *err) {
-    AWQ_CUDA_CHECK(cudaSetDevice(ctx->device), err);
-    AWQ_CUDA_CHECK(cudaStreamSynchronize((cudaStream_t)stream), err);
+    AWQ_CUDA_CHECK(gpuSetDevice(ctx->device), err);
+    AWQ_CUDA_CHECK(gpuStreamSynchronize((gpuStream_t)stream), err);
     return AWQ_OK;
 }
 
 extern "C" int awq_cuda_stream_wait(awq_cuda_ctx *ctx, void *waiter, void *signaler, awq_err *err) {
     if (waiter == signaler) return AWQ_OK;
-    AWQ_CUDA_CHECK(cudaSetDevice(ctx->device), err);
-    cudaEvent_t ev;
-    AWQ_CUDA_CHECK(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming), err);
-    cudaError_t e = cudaEventRecord(ev, (cudaStream_t)signaler);
-    if (e == cudaSuccess) e = cudaStreamWaitEvent((cudaStream_t)waiter, ev, 0);
-    cudaEventDestroy(ev); /* safe while pending: resources are released once the event completes */
+    AWQ_CUDA_CHECK(gpuSetDevice(ctx->device), err);
+    gpuEvent_t ev;
+    AWQ_CUDA_CHECK(gpuEventCreateWithFlags(&ev, gpuEventDisableTiming), err);
+    gpuError_t e = gpuEventRecord(ev, (gpuStream_t)signaler);
+    if (e == gpuSuccess) e = gpuStreamWaitEvent((gpuStream_t)waiter, ev, 0);
+    gpuEventDestroy(ev); /* safe while pending: resources are released once the event completes */
     AWQ_CUDA_CHECK(e, err);
     return AWQ_OK;
 }

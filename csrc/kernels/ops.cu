@@ -8,10 +8,6 @@
  * every case, tensor-core kernel for fp16/bf16 with d <= 128), linear (cuBLAS), pseudo-quantize,
  * clip search, strided copy.
  */
-#include <cublas_v2.h>
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
 #include <limits.h>
 #include <math.h>
 #include <stdint.h>
@@ -24,30 +20,29 @@
 
 __device__ __forceinline__ float to_f(float x) { return x; }
 __device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
-__device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float to_f(gpu_bf16 x) { return __bfloat162float(x); }
 
 template <typename T> __device__ __forceinline__ T from_f(float x);
 template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
 template <> __device__ __forceinline__ __half from_f<__half>(float x) { return __float2half_rn(x); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) {
+template <> __device__ __forceinline__ gpu_bf16 from_f<gpu_bf16>(float x) {
     return __float2bfloat16_rn(x);
 }
 
-#define FULL_MASK 0xffffffffu
 
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
+    for (int o = 16; o > 0; o >>= 1) v += GPU_SHFL_XOR(v, o);
     return v;
 }
 __device__ __forceinline__ float warp_max(float v) {
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(FULL_MASK, v, o));
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, GPU_SHFL_XOR(v, o));
     return v;
 }
 __device__ __forceinline__ float warp_min(float v) {
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v = fminf(v, __shfl_xor_sync(FULL_MASK, v, o));
+    for (int o = 16; o > 0; o >>= 1) v = fminf(v, GPU_SHFL_XOR(v, o));
     return v;
 }
 
@@ -58,19 +53,19 @@ static int bad_dtype(const char *op, int dt, awq_err *err) {
 
 /* Checks the launch just queued, naming the kernel. */
 static int launch_check(const char *kernel, awq_err *err) {
-    cudaError_t e = cudaGetLastError();
-    if (e != cudaSuccess)
+    gpuError_t e = gpuGetLastError();
+    if (e != gpuSuccess)
         return awq_set_err(err, AWQ_ERR_RUNTIME, "launch of %s failed: %s", kernel,
-                           cudaGetErrorString(e));
+                           gpuGetErrorString(e));
     return AWQ_OK;
 }
 
-static const char *blas_status(cublasStatus_t s) { return cublasGetStatusString(s); }
+static const char *blas_status(gpublasStatus_t s) { return gpublasGetStatusString(s); }
 
 #define AWQ_CUBLAS_CHECK(stmt, err)                                                               \
     do {                                                                                          \
-        cublasStatus_t s_ = (stmt);                                                               \
-        if (s_ != CUBLAS_STATUS_SUCCESS)                                                          \
+        gpublasStatus_t s_ = (stmt);                                                               \
+        if (s_ != GPUBLAS_STATUS_SUCCESS)                                                          \
             return awq_set_err((err), AWQ_ERR_RUNTIME, "%s failed at %s:%d: %s", #stmt, __FILE__, \
                                __LINE__, blas_status(s_));                                        \
     } while (0)
@@ -87,7 +82,7 @@ static const char *blas_status(cublasStatus_t s) { return cublasGetStatusString(
         __VA_ARGS__;                                                                               \
     } break;                                                                                       \
     case AWQ_DT_BF16: {                                                                            \
-        typedef __nv_bfloat16 T;                                                                   \
+        typedef gpu_bf16 T;                                                                   \
         __VA_ARGS__;                                                                               \
     } break;                                                                                       \
     default: return bad_dtype(op, dt, err);                                                        \
@@ -125,7 +120,7 @@ extern "C" int awq_cuda_silu_mul(awq_cuda_ctx *ctx, int dt, const void *gate, co
     if (st || n == 0) return st;
     if ((st = awq_cuda_ctx_activate(ctx, err))) return st;
     DISPATCH_FLOAT("silu_mul", dt, T,
-                   silu_mul_kernel<T><<<grid_for(n, 256), 256, 0, (cudaStream_t)stream>>>(
+                   silu_mul_kernel<T><<<grid_for(n, 256), 256, 0, (gpuStream_t)stream>>>(
                        (const T *)gate, (const T *)up, (T *)y, n));
     return launch_check("silu_mul_kernel", err);
 }
@@ -142,7 +137,7 @@ extern "C" int awq_cuda_add(awq_cuda_ctx *ctx, int dt, const void *a, const void
     if (st || n == 0) return st;
     if ((st = awq_cuda_ctx_activate(ctx, err))) return st;
     DISPATCH_FLOAT("add", dt, T,
-                   add_kernel<T><<<grid_for(n, 256), 256, 0, (cudaStream_t)stream>>>(
+                   add_kernel<T><<<grid_for(n, 256), 256, 0, (gpuStream_t)stream>>>(
                        (const T *)a, (const T *)b, (T *)y, n));
     return launch_check("add_kernel", err);
 }
@@ -158,7 +153,7 @@ extern "C" int awq_cuda_cast(awq_cuda_ctx *ctx, int src_dt, const void *src, int
     int st = check_nonneg("cast", n, 0, err);
     if (st || n == 0) return st;
     if ((st = awq_cuda_ctx_activate(ctx, err))) return st;
-    cudaStream_t s = (cudaStream_t)stream;
+    gpuStream_t s = (gpuStream_t)stream;
     DISPATCH_FLOAT("cast", src_dt, S,
                    DISPATCH_FLOAT("cast", dst_dt, D,
                                   cast_kernel<S, D><<<grid_for(n, 256), 256, 0, s>>>(
@@ -208,7 +203,7 @@ extern "C" int awq_cuda_rmsnorm(awq_cuda_ctx *ctx, int dt, const void *x, const 
     if ((st = awq_cuda_ctx_activate(ctx, err))) return st;
     const int threads = D >= 4096 ? 1024 : D >= 1024 ? 256 : 128;
     DISPATCH_FLOAT("rmsnorm", dt, T,
-                   rmsnorm_kernel<T><<<(unsigned)M, threads, 0, (cudaStream_t)stream>>>(
+                   rmsnorm_kernel<T><<<(unsigned)M, threads, 0, (gpuStream_t)stream>>>(
                        (const T *)x, w, (T *)y, D, eps, unit_offset));
     return launch_check("rmsnorm_kernel", err);
 }
@@ -243,7 +238,7 @@ extern "C" int awq_cuda_rope(awq_cuda_ctx *ctx, int dt, void *x, const float *co
     if (n == 0) return AWQ_OK;
     if ((st = awq_cuda_ctx_activate(ctx, err))) return st;
     DISPATCH_FLOAT("rope", dt, T,
-                   rope_kernel<T><<<grid_for(n, 256), 256, 0, (cudaStream_t)stream>>>(
+                   rope_kernel<T><<<grid_for(n, 256), 256, 0, (gpuStream_t)stream>>>(
                        (T *)x, cos, sin, M, H, d, rot / 2));
     return launch_check("rope_kernel", err);
 }
@@ -279,7 +274,7 @@ extern "C" int awq_cuda_abs_mean(awq_cuda_ctx *ctx, int dt, const void *x, float
     const dim3 block(32, 32);
     const unsigned blocks = (unsigned)((K + 31) / 32);
     DISPATCH_FLOAT("abs_mean", dt, T,
-                   abs_mean_kernel<T><<<blocks, block, 0, (cudaStream_t)stream>>>((const T *)x, out,
+                   abs_mean_kernel<T><<<blocks, block, 0, (gpuStream_t)stream>>>((const T *)x, out,
                                                                                  M, K));
     return launch_check("abs_mean_kernel", err);
 }
@@ -419,7 +414,7 @@ __global__ void __launch_bounds__(ATT_WARPS * 32)
         for (int jj = 0; jj < ATT_BK; jj++) {
             float pj[ATT_R];
 #pragma unroll
-            for (int i = 0; i < ATT_R; i++) pj[i] = __shfl_sync(FULL_MASK, p[i], jj);
+            for (int i = 0; i < ATT_R; i++) pj[i] = GPU_SHFL(p[i], jj);
 #pragma unroll
             for (int e = 0; e < DPL; e++) {
                 const float vv = Vs[jj * LD + e * 32 + lane];
@@ -449,10 +444,10 @@ template <typename T, int DPL>
 static int launch_attention(const void *q, const void *k, const void *v, void *out, int64_t B,
                             int64_t T_, int64_t S, int64_t Hq, int64_t Hkv, int64_t d, float qscale,
                             int64_t q_pos0, int64_t window, const int64_t *kv_len,
-                            cudaStream_t stream, awq_err *err) {
+                            gpuStream_t stream, awq_err *err) {
     const size_t smem = att_smem_bytes(DPL);
-    AWQ_CUDA_CHECK(cudaFuncSetAttribute(attention_kernel<T, DPL>,
-                                        cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
+    AWQ_CUDA_CHECK(gpuFuncSetAttribute(attention_kernel<T, DPL>,
+                                        gpuFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
                    err);
     const int64_t G = Hq / Hkv;
     const dim3 grid((unsigned)((T_ * G + ATT_ROWS - 1) / ATT_ROWS), (unsigned)Hkv, (unsigned)B);
@@ -485,38 +480,54 @@ __device__ __forceinline__ uint32_t pack2(__half, float a, float b) {
     __half2 h = __floats2half2_rn(a, b);
     return *reinterpret_cast<uint32_t *>(&h);
 }
-__device__ __forceinline__ uint32_t pack2(__nv_bfloat16, float a, float b) {
-    __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
+__device__ __forceinline__ uint32_t pack2(gpu_bf16, float a, float b) {
+    gpu_bf162 h = __floats2bfloat162_rn(a, b);
     return *reinterpret_cast<uint32_t *>(&h);
 }
 
 /* d[16x8] += a[16x16] b[16x8], fp32 accumulators */
 __device__ __forceinline__ void mma16816(__half, float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
                                          uint32_t b1) {
+#if AWQ_GPU_PTX
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
                  "{%8,%9}, {%0,%1,%2,%3};\n"
                  : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#else
+    __trap(); /* never launched off NVIDIA: awq_cuda_attention takes the CUDA-core kernel */
+#endif
 }
-__device__ __forceinline__ void mma16816(__nv_bfloat16, float (&d)[4], const uint32_t (&a)[4],
+__device__ __forceinline__ void mma16816(gpu_bf16, float (&d)[4], const uint32_t (&a)[4],
                                          uint32_t b0, uint32_t b1) {
+#if AWQ_GPU_PTX
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, "
                  "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
                  : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#else
+    __trap(); /* never launched off NVIDIA: awq_cuda_attention takes the CUDA-core kernel */
+#endif
 }
 
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void *p) {
+#if AWQ_GPU_PTX
     const unsigned a = (unsigned)__cvta_generic_to_shared(p);
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(a));
+#else
+    __trap(); /* never launched off NVIDIA: awq_cuda_attention takes the CUDA-core kernel */
+#endif
 }
 __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void *p) {
+#if AWQ_GPU_PTX
     const unsigned a = (unsigned)__cvta_generic_to_shared(p);
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(a));
+#else
+    __trap(); /* never launched off NVIDIA: awq_cuda_attention takes the CUDA-core kernel */
+#endif
 }
 
 template <typename T, int D>
@@ -628,8 +639,8 @@ __global__ void __launch_bounds__(FA_WARPS * 32)
         float alpha[2], mref[2];
 #pragma unroll
         for (int h = 0; h < 2; h++) {
-            tmax[h] = fmaxf(tmax[h], __shfl_xor_sync(FULL_MASK, tmax[h], 1));
-            tmax[h] = fmaxf(tmax[h], __shfl_xor_sync(FULL_MASK, tmax[h], 2));
+            tmax[h] = fmaxf(tmax[h], GPU_SHFL_XOR(tmax[h], 1));
+            tmax[h] = fmaxf(tmax[h], GPU_SHFL_XOR(tmax[h], 2));
             const float mnew = fmaxf(mx[h], tmax[h]);
             alpha[h] = mnew == -INFINITY ? 1.0f : exp2f(mx[h] - mnew);
             mref[h] = mnew == -INFINITY ? 0.0f : mnew;
@@ -674,8 +685,8 @@ __global__ void __launch_bounds__(FA_WARPS * 32)
 
 #pragma unroll
     for (int h = 0; h < 2; h++) {
-        lsum[h] += __shfl_xor_sync(FULL_MASK, lsum[h], 1);
-        lsum[h] += __shfl_xor_sync(FULL_MASK, lsum[h], 2);
+        lsum[h] += GPU_SHFL_XOR(lsum[h], 1);
+        lsum[h] += GPU_SHFL_XOR(lsum[h], 2);
     }
 #pragma unroll
     for (int h = 0; h < 2; h++) {
@@ -699,10 +710,10 @@ template <typename T, int D>
 static int launch_flash_attention(const void *q, const void *k, const void *v, void *out,
                                   int64_t B, int64_t T_, int64_t S, int64_t Hq, int64_t Hkv,
                                   int64_t d, float qscale, int64_t q_pos0, int64_t window,
-                                  const int64_t *kv_len, cudaStream_t stream, awq_err *err) {
+                                  const int64_t *kv_len, gpuStream_t stream, awq_err *err) {
     const size_t smem = fa_smem_bytes(D);
-    AWQ_CUDA_CHECK(cudaFuncSetAttribute(flash_attention_kernel<T, D>,
-                                        cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
+    AWQ_CUDA_CHECK(gpuFuncSetAttribute(flash_attention_kernel<T, D>,
+                                        gpuFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
                    err);
     const int64_t G = Hq / Hkv;
     const dim3 grid((unsigned)((T_ * G + FA_ROWS - 1) / FA_ROWS), (unsigned)Hkv, (unsigned)B);
@@ -736,19 +747,19 @@ extern "C" int awq_cuda_attention(awq_cuda_ctx *ctx, int dt, const void *q, cons
     int st = awq_cuda_ctx_activate(ctx, err);
     if (st) return st;
     const float qscale = scale * 1.4426950408889634f; /* log2(e): softmax in base 2 */
-    cudaStream_t s = (cudaStream_t)stream;
+    gpuStream_t s = (gpuStream_t)stream;
     /* Tensor cores for fp16 / bf16 with 16-byte aligned rows; the CUDA-core kernel otherwise
      * (fp32 inputs, d > 128, d % 8 != 0, unaligned views). */
     const uintptr_t align = (uintptr_t)q | (uintptr_t)k | (uintptr_t)v | (uintptr_t)out;
-    if ((dt == AWQ_DT_F16 || dt == AWQ_DT_BF16) && d % 8 == 0 && d <= 128 && align % 16 == 0) {
+    if (AWQ_GPU_PTX && (dt == AWQ_DT_F16 || dt == AWQ_DT_BF16) && d % 8 == 0 && d <= 128 && align % 16 == 0) {
         if (dt == AWQ_DT_F16)
             return d <= 64 ? launch_flash_attention<__half, 64>(q, k, v, out, B, T, S, Hq, Hkv, d,
                                                                 qscale, q_pos0, window, kv_len, s, err)
                            : launch_flash_attention<__half, 128>(q, k, v, out, B, T, S, Hq, Hkv, d,
                                                                  qscale, q_pos0, window, kv_len, s, err);
-        return d <= 64 ? launch_flash_attention<__nv_bfloat16, 64>(q, k, v, out, B, T, S, Hq, Hkv, d,
+        return d <= 64 ? launch_flash_attention<gpu_bf16, 64>(q, k, v, out, B, T, S, Hq, Hkv, d,
                                                                    qscale, q_pos0, window, kv_len, s, err)
-                       : launch_flash_attention<__nv_bfloat16, 128>(q, k, v, out, B, T, S, Hq, Hkv, d,
+                       : launch_flash_attention<gpu_bf16, 128>(q, k, v, out, B, T, S, Hq, Hkv, d,
                                                                     qscale, q_pos0, window, kv_len, s, err);
     }
 #define ATT_LAUNCH(DPL)                                                                            \
@@ -768,8 +779,8 @@ extern "C" int awq_cuda_attention(awq_cuda_ctx *ctx, int dt, const void *q, cons
 
 /* ---------------------------------------------------------------- linear (cuBLAS) */
 
-static cudaDataType_t cuda_type(int dt) {
-    return dt == AWQ_DT_F16 ? CUDA_R_16F : dt == AWQ_DT_BF16 ? CUDA_R_16BF : CUDA_R_32F;
+static gpuDataType_t cuda_type(int dt) {
+    return dt == AWQ_DT_F16 ? GPU_R_16F : dt == AWQ_DT_BF16 ? GPU_R_16BF : GPU_R_32F;
 }
 
 template <typename T> __global__ void bias_add_kernel(T *y, const float *bias, int64_t M, int64_t N) {
@@ -794,15 +805,15 @@ extern "C" int awq_cuda_linear(awq_cuda_ctx *ctx, int dt, const void *x, const v
     int st = awq_cuda_ctx_blas(ctx, &hv, err);
     if (st) return st;
     if ((st = awq_cuda_ctx_activate(ctx, err))) return st;
-    cublasHandle_t h = (cublasHandle_t)hv;
-    cudaStream_t s = (cudaStream_t)stream;
-    AWQ_CUBLAS_CHECK(cublasSetStream(h, s), err);
+    gpublasHandle_t h = (gpublasHandle_t)hv;
+    gpuStream_t s = (gpuStream_t)stream;
+    AWQ_CUBLAS_CHECK(gpublasSetStream(h, s), err);
     const float alpha = 1.0f, beta = 0.0f;
     /* Row-major y[M,N] = x[M,K] w[N,K]^T is column-major y^T[N,M] = (w^T)^T[N,K] x^T[K,M]: w is
      * column-major [K, N] (lda K) taken transposed, x column-major [K, M] (ldb K). */
-    AWQ_CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, (int)N, (int)M, (int)K, &alpha, w,
+    AWQ_CUBLAS_CHECK(gpublasGemmEx(h, GPUBLAS_OP_T, GPUBLAS_OP_N, (int)N, (int)M, (int)K, &alpha, w,
                                   cuda_type(dt), (int)K, x, cuda_type(dt), (int)K, &beta, y,
-                                  cuda_type(y_dt), (int)N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                                  cuda_type(y_dt), (int)N, GPUBLAS_COMPUTE_32F, GPUBLAS_GEMM_DEFAULT),
                      err);
     if (bias) {
         DISPATCH_FLOAT("linear", y_dt, T,
@@ -869,7 +880,7 @@ __global__ void pseudo_quantize_kernel(const T *w, T *wdq, int64_t N, int64_t K,
         }
         mx = warp_max(mx);
         mn = warp_min(mn);
-        if (!__all_sync(FULL_MASK, finite)) {
+        if (!GPU_ALL(finite)) {
             if (lane == 0 && bad) atomicMin(bad, (unsigned long long)grp);
             continue;
         }
@@ -933,7 +944,7 @@ extern "C" int awq_cuda_pseudo_quantize(awq_cuda_ctx *ctx, int dt, const void *w
     if (st) return st;
     if (N == 0) return AWQ_OK;
     if ((st = awq_cuda_ctx_activate(ctx, err))) return st;
-    cudaStream_t s = (cudaStream_t)stream;
+    gpuStream_t s = (gpuStream_t)stream;
     unsigned long long *bad = NULL;
     if (check_finite) {
         if ((st = awq_cuda_alloc(ctx, sizeof *bad, "pseudo_quantize flag", (void **)&bad, err)))
@@ -953,8 +964,8 @@ extern "C" int awq_cuda_pseudo_quantize(awq_cuda_ctx *ctx, int dt, const void *w
                                                                  N, K, g, bits, zero_point, bad);
             break;
         case AWQ_DT_BF16:
-            pseudo_quantize_kernel<__nv_bfloat16><<<blocks, 256, 0, s>>>(
-                (const __nv_bfloat16 *)w, (__nv_bfloat16 *)w_dq, N, K, g, bits, zero_point, bad);
+            pseudo_quantize_kernel<gpu_bf16><<<blocks, 256, 0, s>>>(
+                (const gpu_bf16 *)w, (gpu_bf16 *)w_dq, N, K, g, bits, zero_point, bad);
             break;
         default: st = bad_dtype("pseudo_quantize", dt, err); goto done;
         }
@@ -1010,7 +1021,7 @@ __global__ void group_absmax_kernel(const T *w, float *org, int64_t N, int64_t K
             m = fmaxf(m, fabsf(v));
         }
         m = warp_max(m);
-        if (!__all_sync(FULL_MASK, finite) && lane == 0) atomicMin(bad_w, (unsigned long long)grp);
+        if (!GPU_ALL(finite) && lane == 0) atomicMin(bad_w, (unsigned long long)grp);
         if (lane == 0) org[grp] = m;
     }
 }
@@ -1133,7 +1144,7 @@ extern "C" int awq_cuda_clip_search(awq_cuda_ctx *ctx, int dt, const void *w, co
     /* int(max_shrink * n_grid) as Python computes it (see quant.c) */
     const int ncand = (int)floor((double)max_shrink * n_grid + 1e-5);
     if ((st = awq_cuda_ctx_activate(ctx, err))) return st;
-    cudaStream_t s = (cudaStream_t)stream;
+    gpuStream_t s = (gpuStream_t)stream;
     unsigned long long *flags = NULL; /* [0] first bad w group, [1] first bad x element, [2] NaN error */
     float *gram = NULL, *errs = NULL;
     const size_t gram_bytes = (size_t)(G * g * g) * sizeof(float);
@@ -1157,19 +1168,19 @@ extern "C" int awq_cuda_clip_search(awq_cuda_ctx *ctx, int dt, const void *w, co
             goto done;
         void *hv = NULL;
         if ((st = awq_cuda_ctx_blas(ctx, &hv, err))) goto done;
-        cublasHandle_t h = (cublasHandle_t)hv;
+        gpublasHandle_t h = (gpublasHandle_t)hv;
         const float one = 1.0f, zero = 0.0f;
-        cublasStatus_t bs = cublasSetStream(h, s);
+        gpublasStatus_t bs = gpublasSetStream(h, s);
         /* Gram_j[a][b] = sum_t x[t, jg+a] x[t, jg+b]: column-major A_j = x + j*g as [g, T] with
          * leading dimension K, times its transpose; batch stride g columns of x. */
-        if (bs == CUBLAS_STATUS_SUCCESS)
-            bs = cublasGemmStridedBatchedEx(h, CUBLAS_OP_N, CUBLAS_OP_T, (int)g, (int)g, (int)T, &one,
+        if (bs == GPUBLAS_STATUS_SUCCESS)
+            bs = gpublasGemmStridedBatchedEx(h, GPUBLAS_OP_N, GPUBLAS_OP_T, (int)g, (int)g, (int)T, &one,
                                             x, cuda_type(dt), (int)K, (long long)g, x, cuda_type(dt),
-                                            (int)K, (long long)g, &zero, gram, CUDA_R_32F, (int)g,
-                                            (long long)(g * g), (int)G, CUBLAS_COMPUTE_32F,
-                                            CUBLAS_GEMM_DEFAULT);
-        if (bs != CUBLAS_STATUS_SUCCESS) {
-            st = awq_set_err(err, AWQ_ERR_RUNTIME, "cublasGemmStridedBatchedEx (clip_search Gram) "
+                                            (int)K, (long long)g, &zero, gram, GPU_R_32F, (int)g,
+                                            (long long)(g * g), (int)G, GPUBLAS_COMPUTE_32F,
+                                            GPUBLAS_GEMM_DEFAULT);
+        if (bs != GPUBLAS_STATUS_SUCCESS) {
+            st = awq_set_err(err, AWQ_ERR_RUNTIME, "gpublasGemmStridedBatchedEx (clip_search Gram) "
                              "failed: %s", blas_status(bs));
             goto done;
         }
@@ -1181,11 +1192,11 @@ extern "C" int awq_cuda_clip_search(awq_cuda_ctx *ctx, int dt, const void *w, co
             goto done;
         }
         DISPATCH_FLOAT("clip_search", dt, TT, {
-            cudaError_t e = cudaFuncSetAttribute(clip_err_kernel<TT>,
-                                                 cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-            if (e != cudaSuccess) {
-                st = awq_set_err(err, AWQ_ERR_RUNTIME, "cudaFuncSetAttribute(clip_err_kernel) failed: %s",
-                                 cudaGetErrorString(e));
+            gpuError_t e = gpuFuncSetAttribute(clip_err_kernel<TT>,
+                                                 gpuFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+            if (e != gpuSuccess) {
+                st = awq_set_err(err, AWQ_ERR_RUNTIME, "gpuFuncSetAttribute(clip_err_kernel) failed: %s",
+                                 gpuGetErrorString(e));
                 goto done;
             }
             clip_err_kernel<TT><<<grid, CLIP_THREADS, smem, s>>>((const TT *)w, max_val, gram, errs, N,
@@ -1259,7 +1270,7 @@ extern "C" int awq_cuda_copy_strided(awq_cuda_ctx *ctx, int elem_size, const voi
     if (n == 0) return AWQ_OK;
     int st = awq_cuda_ctx_activate(ctx, err);
     if (st) return st;
-    cudaStream_t s = (cudaStream_t)stream;
+    gpuStream_t s = (gpuStream_t)stream;
     const unsigned blocks = grid_for(n, 256);
     switch (elem_size) {
     case 1: copy_strided_kernel<uint8_t><<<blocks, 256, 0, s>>>((const uint8_t *)src, (uint8_t *)dst, desc, n); break;
@@ -1291,7 +1302,7 @@ extern "C" int awq_cuda_scale_cols(awq_cuda_ctx *ctx, int dt, const void *x, con
     if (st || M * K == 0) return st;
     if ((st = awq_cuda_ctx_activate(ctx, err))) return st;
     DISPATCH_FLOAT("scale_cols", dt, T,
-                   scale_cols_kernel<T><<<grid_for(M * K, 256), 256, 0, (cudaStream_t)stream>>>(
+                   scale_cols_kernel<T><<<grid_for(M * K, 256), 256, 0, (gpuStream_t)stream>>>(
                        (const T *)x, s, (T *)y, M, K, inverse));
     return launch_check("scale_cols_kernel", err);
 }
@@ -1306,12 +1317,12 @@ __global__ void sq_diff_sum_kernel(const T *a, const T *b, int64_t n, double *ac
         const double d = (double)to_f(a[i]) - (double)to_f(b[i]);
         v += d * d;
     }
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
+    for (int o = 16; o > 0; o >>= 1) v += GPU_SHFL_XOR(v, o);
     if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = v;
     __syncthreads();
     if (threadIdx.x < 32) {
         v = threadIdx.x < (blockDim.x >> 5) ? part[threadIdx.x] : 0.0;
-        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
+        for (int o = 16; o > 0; o >>= 1) v += GPU_SHFL_XOR(v, o);
         if (threadIdx.x == 0) atomicAdd(acc, v);
     }
 }
@@ -1324,27 +1335,27 @@ extern "C" int awq_cuda_sq_diff_sum(awq_cuda_ctx *ctx, int dt, const void *a, co
     if ((st = awq_cuda_ctx_activate(ctx, err))) return st;
     double *acc = NULL;
     if ((st = awq_cuda_alloc(ctx, sizeof *acc, "sq_diff_sum accumulator", (void **)&acc, err))) return st;
-    cudaStream_t s = (cudaStream_t)stream;
-    cudaError_t e = cudaMemsetAsync(acc, 0, sizeof *acc, s);
-    if (e != cudaSuccess) {
-        st = awq_set_err(err, AWQ_ERR_RUNTIME, "cudaMemsetAsync(sq_diff_sum accumulator) failed: %s",
-                         cudaGetErrorString(e));
+    gpuStream_t s = (gpuStream_t)stream;
+    gpuError_t e = gpuMemsetAsync(acc, 0, sizeof *acc, s);
+    if (e != gpuSuccess) {
+        st = awq_set_err(err, AWQ_ERR_RUNTIME, "gpuMemsetAsync(sq_diff_sum accumulator) failed: %s",
+                         gpuGetErrorString(e));
         goto done;
     }
     switch (dt) {
     case AWQ_DT_F32: sq_diff_sum_kernel<float><<<grid_for(n, 256), 256, 0, s>>>((const float *)a, (const float *)b, n, acc); break;
     case AWQ_DT_F16: sq_diff_sum_kernel<__half><<<grid_for(n, 256), 256, 0, s>>>((const __half *)a, (const __half *)b, n, acc); break;
     case AWQ_DT_BF16:
-        sq_diff_sum_kernel<__nv_bfloat16><<<grid_for(n, 256), 256, 0, s>>>((const __nv_bfloat16 *)a, (const __nv_bfloat16 *)b, n, acc);
+        sq_diff_sum_kernel<gpu_bf16><<<grid_for(n, 256), 256, 0, s>>>((const gpu_bf16 *)a, (const gpu_bf16 *)b, n, acc);
         break;
     default: st = bad_dtype("sq_diff_sum", dt, err); goto done;
     }
     if ((st = launch_check("sq_diff_sum_kernel", err))) goto done;
-    e = cudaMemcpyAsync(out, acc, sizeof *acc, cudaMemcpyDeviceToHost, s);
-    if (e == cudaSuccess) e = cudaStreamSynchronize(s);
-    if (e != cudaSuccess)
+    e = gpuMemcpyAsync(out, acc, sizeof *acc, gpuMemcpyDeviceToHost, s);
+    if (e == gpuSuccess) e = gpuStreamSynchronize(s);
+    if (e != gpuSuccess)
         st = awq_set_err(err, AWQ_ERR_RUNTIME, "sq_diff_sum: copying the sum back failed: %s",
-                         cudaGetErrorString(e));
+                         gpuGetErrorString(e));
 done:
     awq_cuda_free(ctx, acc, sizeof *acc);
     return st;

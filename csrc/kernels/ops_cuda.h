@@ -6,7 +6,7 @@
  *  - Every pointer argument named x, w, y, ... is a device pointer to C-contiguous data; `dt` gives
  *    the storage type of the activations / weights (fp32, fp16 or bf16); arithmetic is fp32.
  *  - Small per-channel parameters (norm weights, biases, rope tables) are fp32.
- *  - `stream` is a cudaStream_t passed as void * (NULL = the legacy default stream), so this header
+ *  - `stream` is a gpuStream_t passed as void * (NULL = the legacy default stream), so this header
  *    needs no CUDA header and module.c (plain C) can include it. Kernels are queued on `stream` and
  *    the call returns without waiting, except where a function says it synchronizes.
  *  - Letters as in awq.h: M tokens, K input features, N output features, G groups, g group size,
@@ -91,11 +91,11 @@ typedef struct awq_dl_managed_versioned {
 /* ---------------------------------------------------------------- context and memory (memory.cu)
  *
  * One context per device, owned by its Python object (a capsule): no C globals. It holds a caching
- * allocator over plain cudaMalloc (never managed memory): freed blocks go to a free list keyed by
+ * allocator over plain gpuMalloc (never managed memory): freed blocks go to a free list keyed by
  * size class (sizes rounded up by at most 25%, at most 2 MiB, at least 512 B) and are handed out
  * again to requests of the same class. Reuse is safe in stream order: a block freed after work
  * queued on one stream and reused on another stream needs that stream to wait first (the same rule
- * as torch's caching allocator). On cudaMalloc failure the cache is emptied and the call retried
+ * as torch's caching allocator). On gpuMalloc failure the cache is emptied and the call retried
  * once before AWQ_ERR_NOMEM. The lock inside makes alloc/free callable without the GIL.
  */
 typedef struct awq_cuda_ctx awq_cuda_ctx;
@@ -109,8 +109,8 @@ typedef struct {
     int64_t peak_reserved;
     int64_t n_alloc;         /* allocation requests */
     int64_t n_cache_hit;     /* requests served from a free list */
-    int64_t n_cuda_malloc;   /* cudaMalloc calls that succeeded */
-    int64_t n_cuda_free;     /* cudaFree calls (empty_cache, OOM retry) */
+    int64_t n_cuda_malloc;   /* gpuMalloc calls that succeeded */
+    int64_t n_cuda_free;     /* gpuFree calls (empty_cache, OOM retry) */
 } awq_cuda_mem_stats;
 
 /* New context on `device` (checks the device exists and makes it current). */
@@ -126,7 +126,7 @@ int awq_cuda_ctx_activate(awq_cuda_ctx *ctx, awq_err *err);
 int awq_cuda_alloc(awq_cuda_ctx *ctx, size_t nbytes, const char *what, void **ptr, awq_err *err);
 /* Returns a block from awq_cuda_alloc (same nbytes) to its free list; never calls CUDA. */
 void awq_cuda_free(awq_cuda_ctx *ctx, void *ptr, size_t nbytes);
-/* cudaFree of every cached block. */
+/* gpuFree of every cached block. */
 int awq_cuda_empty_cache(awq_cuda_ctx *ctx, awq_err *err);
 void awq_cuda_mem_stats_get(awq_cuda_ctx *ctx, awq_cuda_mem_stats *out);
 /* Size class that a request of nbytes is rounded up to. */
@@ -144,9 +144,9 @@ int awq_cuda_memset(awq_cuda_ctx *ctx, void *ptr, int byte, size_t nbytes, void 
 /* Waits for all work queued on stream (NULL: the legacy default stream). */
 int awq_cuda_stream_sync(awq_cuda_ctx *ctx, void *stream, awq_err *err);
 /* Makes `waiter` wait (on the device, the host does not block) for the work queued so far on
- * `signaler` (event record + cudaStreamWaitEvent). */
+ * `signaler` (event record + gpuStreamWaitEvent). */
 int awq_cuda_stream_wait(awq_cuda_ctx *ctx, void *waiter, void *signaler, awq_err *err);
-/* The context's cuBLAS handle, created on first use (*handle is a cublasHandle_t). */
+/* The context's cuBLAS handle, created on first use (*handle is a gpublasHandle_t). */
 int awq_cuda_ctx_blas(awq_cuda_ctx *ctx, void **handle, awq_err *err);
 
 /* ---------------------------------------------------------------- ops (ops.cu)
@@ -197,8 +197,8 @@ int awq_cuda_cast(awq_cuda_ctx *ctx, int src_dt, const void *src, int dst_dt, vo
 int awq_cuda_copy_strided(awq_cuda_ctx *ctx, int elem_size, const void *src, const int64_t *shape,
                           const int64_t *strides, int ndim, void *dst, void *stream, awq_err *err);
 
-/* y[M,N] (y_dt) = x[M,K] @ w[N,K]^T (+ bias[N] fp32) through cuBLAS (cublasGemmEx), fp32
- * accumulation (CUBLAS_COMPUTE_32F: no TF32 for fp32 inputs). x, w: dt; y_dt is dt or fp32. */
+/* y[M,N] (y_dt) = x[M,K] @ w[N,K]^T (+ bias[N] fp32) through cuBLAS (gpublasGemmEx), fp32
+ * accumulation (GPUBLAS_COMPUTE_32F: no TF32 for fp32 inputs). x, w: dt; y_dt is dt or fp32. */
 int awq_cuda_linear(awq_cuda_ctx *ctx, int dt, const void *x, const void *w, const float *bias,
                     int y_dt, void *y, int64_t M, int64_t K, int64_t N, void *stream, awq_err *err);
 

@@ -51,14 +51,11 @@
  * Index letters: gq = lane / 4, tq = lane % 4 (mma fragment coordinates), st mma k-step in a chunk,
  * j n-tile of a warp, tm token tile (8 tokens), c chunk (64 k), nt n-tile (16 features).
  */
-#include <cublas_v2.h>
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "awq_cuda.h"
 #include "w4a16_cuda.h"
 
 /* ================================================================ checks */
@@ -66,27 +63,27 @@
 /* The one CUDA check: names the failing statement, file and line; returns an error status. */
 #define CUDA_CHECK(stmt)                                                                           \
     do {                                                                                           \
-        cudaError_t e_ = (stmt);                                                                   \
-        if (e_ != cudaSuccess)                                                                     \
-            return awq_set_err(err, e_ == cudaErrorMemoryAllocation ? AWQ_ERR_NOMEM : AWQ_ERR_RUNTIME, \
+        gpuError_t e_ = (stmt);                                                                   \
+        if (e_ != gpuSuccess)                                                                     \
+            return awq_set_err(err, e_ == gpuErrorMemoryAllocation ? AWQ_ERR_NOMEM : AWQ_ERR_RUNTIME, \
                                "%s failed at %s:%d: %s", #stmt, __FILE__, __LINE__,                \
-                               cudaGetErrorString(e_));                                            \
+                               gpuGetErrorString(e_));                                            \
     } while (0)
 /* After every launch: a bad configuration is reported at the launch, naming the kernel. */
 #define LAUNCH_CHECK(what)                                                                         \
     do {                                                                                           \
-        cudaError_t e_ = cudaGetLastError();                                                       \
-        if (e_ != cudaSuccess)                                                                     \
+        gpuError_t e_ = gpuGetLastError();                                                       \
+        if (e_ != gpuSuccess)                                                                     \
             return awq_set_err(err, AWQ_ERR_RUNTIME, "launch of %s failed at %s:%d: %s", what,     \
-                               __FILE__, __LINE__, cudaGetErrorString(e_));                        \
+                               __FILE__, __LINE__, gpuGetErrorString(e_));                        \
     } while (0)
-#define CUBLAS_CHECK(stmt)                                                                         \
+#define GPUBLAS_CHECK(stmt)                                                                         \
     do {                                                                                           \
-        cublasStatus_t s_ = (stmt);                                                                \
-        if (s_ != CUBLAS_STATUS_SUCCESS)                                                           \
-            return awq_set_err(err, s_ == CUBLAS_STATUS_ALLOC_FAILED ? AWQ_ERR_NOMEM : AWQ_ERR_RUNTIME, \
+        gpublasStatus_t s_ = (stmt);                                                                \
+        if (s_ != GPUBLAS_STATUS_SUCCESS)                                                           \
+            return awq_set_err(err, s_ == GPUBLAS_STATUS_ALLOC_FAILED ? AWQ_ERR_NOMEM : AWQ_ERR_RUNTIME, \
                                "%s failed at %s:%d: %s", #stmt, __FILE__, __LINE__,                \
-                               cublasGetStatusString(s_));                                         \
+                               gpublasGetStatusString(s_));                                         \
     } while (0)
 
 /* ================================================================ tuning constants */
@@ -98,17 +95,21 @@
 /* AUTO: tensor-core stream below this M, dequantize + cuBLAS from it (when a context is given).
  * H100 (bench/kernels.py): at M = 256 cuBLAS wins on all six benchmark layers (8192 x 28672: 410
  * vs 456 us; 4096 x 4096: 33 vs 59 us); at M = 64 the stream wins except on 4096 x 4096. */
-#define CUBLAS_MIN_M 256
+#define BLAS_MIN_M 256
 
 /* ================================================================ device helpers */
 
 namespace {
 
 __device__ __forceinline__ uint32_t lop3_and_or(uint32_t a, uint32_t mask, uint32_t bits) {
+#if AWQ_GPU_PTX
     uint32_t r;
     /* 0xea: (a & b) | c */
     asm("lop3.b32 %0, %1, %2, %3, 0xea;" : "=r"(r) : "r"(a), "r"(mask), "r"(bits));
     return r;
+#else
+    return (a & mask) | bits;
+#endif
 }
 __device__ __forceinline__ uint32_t bcast_lo(uint32_t u) { return __byte_perm(u, 0, 0x1010); }
 __device__ __forceinline__ uint32_t bcast_hi(uint32_t u) { return __byte_perm(u, 0, 0x3232); }
@@ -146,11 +147,15 @@ struct F16 {
         a[3] = u(__hmul2(__hfma2(h(h3), r16, h(d.zh)), h(d.sh)));
     }
     static __device__ __forceinline__ void mma(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
+#if AWQ_GPU_PTX
         asm volatile(
             "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
             "{%8, %9}, {%0, %1, %2, %3};"
             : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
             : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#else
+        __trap(); /* never launched: auto_path and awq_cuda_w4a16 refuse MODE_MMA */
+#endif
     }
     static __device__ __forceinline__ float2 f2(uint32_t v) { return __half22float2(h(v)); }
     static __device__ __forceinline__ uint32_t pack(float a, float b) { return u(__floats2half2_rn(a, b)); }
@@ -162,8 +167,8 @@ struct F16 {
 struct BF16 {
     static constexpr uint32_t MAGIC = 0x43004300u; /* 128, 128 */
     static constexpr bool BF = true;
-    static __device__ __forceinline__ __nv_bfloat162 h(uint32_t u) { return *reinterpret_cast<__nv_bfloat162 *>(&u); }
-    static __device__ __forceinline__ uint32_t u(__nv_bfloat162 v) { return *reinterpret_cast<uint32_t *>(&v); }
+    static __device__ __forceinline__ gpu_bf162 h(uint32_t u) { return *reinterpret_cast<gpu_bf162 *>(&u); }
+    static __device__ __forceinline__ uint32_t u(gpu_bf162 v) { return *reinterpret_cast<uint32_t *>(&v); }
     /* scvt: the scales are fp16 (checkpoint) and are rounded to bf16 here */
     static __device__ __forceinline__ DQ consts(uint32_t s2, uint32_t zw, int m, int scvt) {
         DQ d;
@@ -186,11 +191,15 @@ struct BF16 {
         a[3] = u(__hmul2(__hsub2(h(h3), h(d.zh)), h(d.sh)));
     }
     static __device__ __forceinline__ void mma(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
+#if AWQ_GPU_PTX
         asm volatile(
             "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
             "{%8, %9}, {%0, %1, %2, %3};"
             : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
             : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#else
+        __trap(); /* never launched: auto_path and awq_cuda_w4a16 refuse MODE_MMA */
+#endif
     }
     static __device__ __forceinline__ float2 f2(uint32_t v) { return __bfloat1622float2(h(v)); }
     static __device__ __forceinline__ uint32_t pack(float a, float b) { return u(__floats2bfloat162_rn(a, b)); }
@@ -200,6 +209,7 @@ struct BF16 {
 
 /* ================================================================ cp.async */
 
+#if AWQ_GPU_PTX
 __device__ __forceinline__ uint32_t smem_addr(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
 /* 16 bytes global -> shared, bypassing L1; zero-filled when !valid (src must still be a valid address) */
 __device__ __forceinline__ void cp16(void *dst, const void *src, bool valid) {
@@ -210,6 +220,16 @@ __device__ __forceinline__ void cp4(void *dst, const void *src, bool valid) {
 }
 __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;"); }
 template <int N> __device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N)); }
+#else /* plain copies: the same results, without the asynchrony */
+__device__ __forceinline__ void cp16(void *dst, const void *src, bool valid) {
+    *(uint4 *)dst = valid ? *(const uint4 *)src : make_uint4(0, 0, 0, 0);
+}
+__device__ __forceinline__ void cp4(void *dst, const void *src, bool valid) {
+    *(uint32_t *)dst = valid ? *(const uint32_t *)src : 0u;
+}
+__device__ __forceinline__ void cp_commit() {}
+template <int N> __device__ __forceinline__ void cp_wait() {}
+#endif
 /* at most n groups still pending (n is block-uniform; the instruction takes an immediate) */
 __device__ __forceinline__ void cp_wait_dyn(int n) {
     switch (n) {
@@ -427,8 +447,8 @@ __global__ void __launch_bounds__(256) k_gemm(const GemmParams p) {
 #pragma unroll
                     for (int m = 0; m < 8; m++) {
                         float v = accf[j][f][m];
-                        v += __shfl_xor_sync(0xffffffffu, v, 1);
-                        v += __shfl_xor_sync(0xffffffffu, v, 2);
+                        v += GPU_SHFL_XOR(v, 1);
+                        v += GPU_SHFL_XOR(v, 2);
                         accf[j][f][m] = v;
                     }
 #pragma unroll
@@ -695,7 +715,7 @@ __global__ void k_fill_bias(const uint16_t *bias, uint16_t *y, int64_t M, int N)
 
 struct awq_w4a16_ctx {
     int device, sms;
-    cublasHandle_t blas;
+    gpublasHandle_t blas;
     void *blas_ws;
     float *part;       /* stream-K partial tiles */
     size_t part_bytes;
@@ -710,74 +730,74 @@ extern "C" int awq_cuda_w4a16_ctx_new(awq_w4a16_ctx **out, awq_err *err) {
     awq_w4a16_ctx *c = (awq_w4a16_ctx *)calloc(1, sizeof(awq_w4a16_ctx));
     if (!c) return awq_set_err(err, AWQ_ERR_NOMEM, "awq_cuda_w4a16_ctx_new: out of host memory");
     int st = AWQ_OK;
-    cudaError_t e;
-    cublasStatus_t bs;
+    gpuError_t e;
+    gpublasStatus_t bs;
 #define CTX_FAIL(code, ...)                                                                        \
     do {                                                                                           \
         st = awq_set_err(err, code, __VA_ARGS__);                                                  \
         goto fail;                                                                                 \
     } while (0)
-    if ((e = cudaGetDevice(&c->device)) != cudaSuccess)
-        CTX_FAIL(AWQ_ERR_RUNTIME, "cudaGetDevice failed: %s", cudaGetErrorString(e));
-    if ((e = cudaDeviceGetAttribute(&c->sms, cudaDevAttrMultiProcessorCount, c->device)) != cudaSuccess)
-        CTX_FAIL(AWQ_ERR_RUNTIME, "cudaDeviceGetAttribute(MultiProcessorCount) failed: %s",
-                 cudaGetErrorString(e));
-    if ((e = cudaMalloc((void **)&c->cnt, NCOUNTERS * sizeof(int))) != cudaSuccess)
-        CTX_FAIL(e == cudaErrorMemoryAllocation ? AWQ_ERR_NOMEM : AWQ_ERR_RUNTIME,
-                 "cudaMalloc(%zu bytes) for the stream-K counters failed: %s", NCOUNTERS * sizeof(int),
-                 cudaGetErrorString(e));
-    if ((e = cudaMemset(c->cnt, 0, NCOUNTERS * sizeof(int))) != cudaSuccess)
-        CTX_FAIL(AWQ_ERR_RUNTIME, "cudaMemset of the stream-K counters failed: %s", cudaGetErrorString(e));
-    if ((e = cudaMalloc(&c->blas_ws, BLAS_WS_BYTES)) != cudaSuccess)
-        CTX_FAIL(e == cudaErrorMemoryAllocation ? AWQ_ERR_NOMEM : AWQ_ERR_RUNTIME,
-                 "cudaMalloc(%u bytes) for the cuBLAS workspace failed: %s", BLAS_WS_BYTES,
-                 cudaGetErrorString(e));
-    if ((bs = cublasCreate(&c->blas)) != CUBLAS_STATUS_SUCCESS)
-        CTX_FAIL(bs == CUBLAS_STATUS_ALLOC_FAILED ? AWQ_ERR_NOMEM : AWQ_ERR_RUNTIME,
-                 "cublasCreate failed: %s", cublasGetStatusString(bs));
+    if ((e = gpuGetDevice(&c->device)) != gpuSuccess)
+        CTX_FAIL(AWQ_ERR_RUNTIME, "gpuGetDevice failed: %s", gpuGetErrorString(e));
+    if ((e = gpuDeviceGetAttribute(&c->sms, gpuDevAttrMultiProcessorCount, c->device)) != gpuSuccess)
+        CTX_FAIL(AWQ_ERR_RUNTIME, "gpuDeviceGetAttribute(MultiProcessorCount) failed: %s",
+                 gpuGetErrorString(e));
+    if ((e = gpuMalloc((void **)&c->cnt, NCOUNTERS * sizeof(int))) != gpuSuccess)
+        CTX_FAIL(e == gpuErrorMemoryAllocation ? AWQ_ERR_NOMEM : AWQ_ERR_RUNTIME,
+                 "gpuMalloc(%zu bytes) for the stream-K counters failed: %s", NCOUNTERS * sizeof(int),
+                 gpuGetErrorString(e));
+    if ((e = gpuMemset(c->cnt, 0, NCOUNTERS * sizeof(int))) != gpuSuccess)
+        CTX_FAIL(AWQ_ERR_RUNTIME, "gpuMemset of the stream-K counters failed: %s", gpuGetErrorString(e));
+    if ((e = gpuMalloc(&c->blas_ws, BLAS_WS_BYTES)) != gpuSuccess)
+        CTX_FAIL(e == gpuErrorMemoryAllocation ? AWQ_ERR_NOMEM : AWQ_ERR_RUNTIME,
+                 "gpuMalloc(%u bytes) for the cuBLAS workspace failed: %s", BLAS_WS_BYTES,
+                 gpuGetErrorString(e));
+    if ((bs = gpublasCreate(&c->blas)) != GPUBLAS_STATUS_SUCCESS)
+        CTX_FAIL(bs == GPUBLAS_STATUS_ALLOC_FAILED ? AWQ_ERR_NOMEM : AWQ_ERR_RUNTIME,
+                 "gpublasCreate failed: %s", gpublasGetStatusString(bs));
 #undef CTX_FAIL
     *out = c;
     return AWQ_OK;
 fail:
-    cudaGetLastError();
+    gpuGetLastError();
     awq_cuda_w4a16_ctx_free(c);
     return st;
 }
 
 extern "C" void awq_cuda_w4a16_ctx_free(awq_w4a16_ctx *c) {
     if (!c) return;
-    cudaDeviceSynchronize();
-    if (c->blas) cublasDestroy(c->blas);
-    cudaFree(c->blas_ws);
-    cudaFree(c->part);
-    cudaFree(c->cnt);
-    cudaFree(c->slab);
+    gpuDeviceSynchronize();
+    if (c->blas) gpublasDestroy(c->blas);
+    gpuFree(c->blas_ws);
+    gpuFree(c->part);
+    gpuFree(c->cnt);
+    gpuFree(c->slab);
     free(c);
 }
 
 /* Makes *buf hold at least `need` bytes. Refused while `stream` is being captured into a graph
- * (cudaMalloc / cudaFree there would break the capture or free memory a graph still uses). */
-static int grow(void **buf, size_t *have, size_t need, const char *what, cudaStream_t stream, awq_err *err) {
+ * (gpuMalloc / gpuFree there would break the capture or free memory a graph still uses). */
+static int grow(void **buf, size_t *have, size_t need, const char *what, gpuStream_t stream, awq_err *err) {
     if (need <= *have) return AWQ_OK;
-    cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
-    CUDA_CHECK(cudaStreamIsCapturing(stream, &cs));
-    if (cs != cudaStreamCaptureStatusNone)
+    gpuStreamCaptureStatus cs = gpuStreamCaptureStatusNone;
+    CUDA_CHECK(gpuStreamIsCapturing(stream, &cs));
+    if (cs != gpuStreamCaptureStatusNone)
         return awq_set_err(err, AWQ_ERR_RUNTIME,
                            "the context's %s holds %zu bytes but this call needs %zu, and the stream is "
                            "being captured into a CUDA graph: run each shape once before capturing",
                            what, *have, need);
     need = (need + (1u << 20) - 1) & ~(size_t)((1u << 20) - 1);
-    CUDA_CHECK(cudaStreamSynchronize(stream));
-    CUDA_CHECK(cudaFree(*buf));
+    CUDA_CHECK(gpuStreamSynchronize(stream));
+    CUDA_CHECK(gpuFree(*buf));
     *buf = NULL;
     *have = 0;
-    cudaError_t e = cudaMalloc(buf, need);
-    if (e != cudaSuccess) {
+    gpuError_t e = gpuMalloc(buf, need);
+    if (e != gpuSuccess) {
         *buf = NULL;
-        cudaGetLastError();
-        return awq_set_err(err, e == cudaErrorMemoryAllocation ? AWQ_ERR_NOMEM : AWQ_ERR_RUNTIME,
-                           "cudaMalloc(%zu bytes) for the context's %s failed: %s", need, what,
-                           cudaGetErrorString(e));
+        gpuGetLastError();
+        return awq_set_err(err, e == gpuErrorMemoryAllocation ? AWQ_ERR_NOMEM : AWQ_ERR_RUNTIME,
+                           "gpuMalloc(%zu bytes) for the context's %s failed: %s", need, what,
+                           gpuGetErrorString(e));
     }
     *have = need;
     return AWQ_OK;
@@ -812,7 +832,7 @@ static size_t gemm_smem(int tl, int wn, int stages) { return (size_t)stages * st
 /* Raises the kernel's dynamic shared-memory limit when needed (a per-function attribute). */
 static int gemm_prepare(gemm_fn fn, size_t smem, awq_err *err) {
     if (smem > 48 * 1024)
-        CUDA_CHECK(cudaFuncSetAttribute((const void *)fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        CUDA_CHECK(gpuFuncSetAttribute((const void *)fn, gpuFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     return AWQ_OK;
 }
 
@@ -825,7 +845,7 @@ static int gemm_occupancy(awq_w4a16_ctx *ctx, int bf16, int mode, int tl, int wn
     int st = gemm_prepare(fn, smem, err);
     if (st) return st;
     int n = 0;
-    CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, (const void *)fn, 32 * wn, smem));
+    CUDA_CHECK(gpuOccupancyMaxActiveBlocksPerMultiprocessor(&n, (const void *)fn, 32 * wn, smem));
     if (n < 1) n = 1;
     if (slot) *slot = n;
     return n;
@@ -880,7 +900,7 @@ extern "C" int awq_cuda_w4a16_repack(const int32_t *qweight_awq, void *out, int6
         return awq_set_err(err, AWQ_ERR_VALUE, "awq_cuda_w4a16_repack: NULL or misaligned pointer");
     const int NT = (int)((N + 15) / 16);
     const int64_t total = (int64_t)NT * ((K + 63) / 64) * 32;
-    k_repack<<<(unsigned)((total + 255) / 256), 256, 0, (cudaStream_t)stream>>>(
+    k_repack<<<(unsigned)((total + 255) / 256), 256, 0, (gpuStream_t)stream>>>(
         (const uint32_t *)qweight_awq, (uint4 *)out, (int)K, (int)N, NT, total);
     LAUNCH_CHECK("k_repack");
     return AWQ_OK;
@@ -897,11 +917,11 @@ extern "C" int awq_cuda_w4a16_ref(const void *x, int x_dtype, const void *qweigh
     dim3 grid((unsigned)((N + 127) / 128), (unsigned)M);
     const int sf16 = x_dtype == AWQ_W4_BF16 && s_dtype == AWQ_W4_F16;
     if (x_dtype == AWQ_W4_BF16)
-        k_ref<BF16><<<grid, 128, 0, (cudaStream_t)stream>>>(
+        k_ref<BF16><<<grid, 128, 0, (gpuStream_t)stream>>>(
             (const uint16_t *)x, (const uint32_t *)qweight_rp, (const uint32_t *)qzeros,
             (const uint16_t *)scales, (const uint16_t *)bias, (uint16_t *)y, (int)M, (int)K, (int)N, (int)g, sf16);
     else
-        k_ref<F16><<<grid, 128, 0, (cudaStream_t)stream>>>(
+        k_ref<F16><<<grid, 128, 0, (gpuStream_t)stream>>>(
             (const uint16_t *)x, (const uint32_t *)qweight_rp, (const uint32_t *)qzeros,
             (const uint16_t *)scales, (const uint16_t *)bias, (uint16_t *)y, (int)M, (int)K, (int)N, (int)g, sf16);
     LAUNCH_CHECK("k_ref");
@@ -910,7 +930,9 @@ extern "C" int awq_cuda_w4a16_ref(const void *x, int x_dtype, const void *qweigh
 
 static int auto_path(int64_t M, int64_t g, const awq_w4a16_ctx *ctx) {
     if (g % 16) return AWQ_PATH_CUBLAS;
-    if (ctx && M >= CUBLAS_MIN_M) return AWQ_PATH_CUBLAS;
+    if (ctx && M >= BLAS_MIN_M) return AWQ_PATH_CUBLAS;
+    if (!AWQ_GPU_PTX) /* no mma.sync off NVIDIA: the CUDA-core stream, then dequantize + BLAS */
+        return M <= GEMV_MAX_M || !ctx ? AWQ_PATH_GEMV : AWQ_PATH_CUBLAS;
     return AWQ_PATH_MMA;
 }
 
@@ -973,7 +995,7 @@ extern "C" int awq_cuda_w4a16_plan(int64_t M, int64_t K, int64_t N, int64_t g, c
 
 static int run_gemm(int mode, const void *x, int bf16, const void *qw, const int32_t *qz, const void *sc, int scvt,
                     const void *bias, void *y, int64_t M, int64_t K, int64_t N, int64_t g,
-                    const awq_w4a16_cfg *cfg_in, awq_w4a16_ctx *ctx, cudaStream_t stream, awq_err *err) {
+                    const awq_w4a16_cfg *cfg_in, awq_w4a16_ctx *ctx, gpuStream_t stream, awq_err *err) {
     awq_w4a16_cfg c;
     int st = plan_gemm(mode, bf16, M, K, N, ctx, cfg_in, &c, err);
     if (st) return st;
@@ -1019,7 +1041,7 @@ static int run_gemm(int mode, const void *x, int bf16, const void *qw, const int
 
 static int run_cublas(const void *x, int bf16, const void *qw, const int32_t *qz, const void *sc, int scvt,
                       const void *bias, void *y, int64_t M, int64_t K, int64_t N, int64_t g, awq_w4a16_ctx *ctx,
-                      cudaStream_t stream, awq_err *err) {
+                      gpuStream_t stream, awq_err *err) {
     if (!ctx) return awq_set_err(err, AWQ_ERR_VALUE, "the cuBLAS path needs a context (awq_cuda_w4a16_ctx_new)");
     const int64_t NT = (N + 15) / 16, KC = (K + 63) / 64;
     /* slab: as many pairs of 16-feature tiles as fit the cap (all of W when it fits) */
@@ -1028,9 +1050,9 @@ static int run_cublas(const void *x, int bf16, const void *qw, const int32_t *qz
     if (tiles > NT) tiles = NT;
     int st = grow(&ctx->slab, &ctx->slab_bytes, (size_t)tiles * 16 * K * 2, "dequantized-weight slab", stream, err);
     if (st) return st;
-    const cudaDataType_t dt = bf16 ? CUDA_R_16BF : CUDA_R_16F;
-    CUBLAS_CHECK(cublasSetStream(ctx->blas, stream));
-    CUBLAS_CHECK(cublasSetWorkspace(ctx->blas, ctx->blas_ws, BLAS_WS_BYTES));
+    const gpuDataType_t dt = bf16 ? GPU_R_16BF : GPU_R_16F;
+    GPUBLAS_CHECK(gpublasSetStream(ctx->blas, stream));
+    GPUBLAS_CHECK(gpublasSetWorkspace(ctx->blas, ctx->blas_ws, BLAS_WS_BYTES));
     float alpha = 1.f, beta = 0.f;
     if (bias) {
         k_fill_bias<<<(unsigned)((M * N + 255) / 256), 256, 0, stream>>>((const uint16_t *)bias, (uint16_t *)y, M,
@@ -1053,9 +1075,9 @@ static int run_cublas(const void *x, int bf16, const void *qw, const int32_t *qz
         const int64_t n0 = nt0 * 16;
         const int64_t nc = (n0 + ntn * 16 > N ? N : n0 + ntn * 16) - n0;
         /* column-major view: Y'[N, M] (ld N) = op(A) X'[K, M], A = the slab as col-major [K, nc] (ld K), op T */
-        CUBLAS_CHECK(cublasGemmEx(ctx->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)nc, (int)M, (int)K, &alpha, ctx->slab, dt,
-                                  (int)K, x, dt, (int)K, &beta, (uint16_t *)y + n0, dt, (int)N, CUBLAS_COMPUTE_32F,
-                                  CUBLAS_GEMM_DEFAULT));
+        GPUBLAS_CHECK(gpublasGemmEx(ctx->blas, GPUBLAS_OP_T, GPUBLAS_OP_N, (int)nc, (int)M, (int)K, &alpha, ctx->slab, dt,
+                                  (int)K, x, dt, (int)K, &beta, (uint16_t *)y + n0, dt, (int)N, GPUBLAS_COMPUTE_32F,
+                                  GPUBLAS_GEMM_DEFAULT));
     }
     return AWQ_OK;
 }
@@ -1076,9 +1098,11 @@ extern "C" int awq_cuda_w4a16(const void *x, int x_dtype, const void *qweight_rp
                            (long long)g);
     if (path == AWQ_PATH_GEMV && M > GEMV_MAX_M)
         return awq_set_err(err, AWQ_ERR_VALUE, "the GEMV path takes M <= %d (M=%lld)", GEMV_MAX_M, (long long)M);
+    if (path == AWQ_PATH_MMA && !AWQ_GPU_PTX)
+        return awq_set_err(err, AWQ_ERR_VALUE, "the MMA path needs mma.sync (NVIDIA sm_80+); this build has none");
     if (ctx) {
         int dev = 0;
-        CUDA_CHECK(cudaGetDevice(&dev));
+        CUDA_CHECK(gpuGetDevice(&dev));
         if (dev != ctx->device)
             return awq_set_err(err, AWQ_ERR_VALUE, "the context belongs to device %d, the current device is %d",
                                ctx->device, dev);
@@ -1086,7 +1110,7 @@ extern "C" int awq_cuda_w4a16(const void *x, int x_dtype, const void *qweight_rp
     if (path_used) *path_used = path;
     if (M == 0) return AWQ_OK;
     const int bf16 = x_dtype == AWQ_W4_BF16, scvt = bf16 && s_dtype == AWQ_W4_F16;
-    cudaStream_t s = (cudaStream_t)stream;
+    gpuStream_t s = (gpuStream_t)stream;
     switch (path) {
     case AWQ_PATH_GEMV:
         return run_gemm(MODE_FMA, x, bf16, qweight_rp, qzeros, scales, scvt, bias, y, M, K, N, g, cfg, ctx, s, err);

@@ -16,13 +16,13 @@
  * default stream) and returns after checking the launch.
  *
  * Paths (awq_w4a16_path): GEMV (CUDA cores, M <= 8), MMA (mma.sync tensor cores, any M), CUBLAS
- * (dequantize column slabs to the activation dtype, then cublasGemmEx with fp32 accumulation),
+ * (dequantize column slabs to the activation dtype, then gpublasGemmEx with fp32 accumulation),
  * REF (naive, one thread per output), AUTO: MMA below M = 256, CUBLAS from it (and for group
  * sizes that are not a multiple of 16) when a context is given.
  *
  * Context: the stream-K partial-tile workspace, completion counters, the cuBLAS handle and the
  * dequantized-weight slab live in an awq_w4a16_ctx created by the caller (no global state). A
- * context serves one stream at a time. Its buffers grow on demand with cudaMalloc; inside a
+ * context serves one stream at a time. Its buffers grow on demand with gpuMalloc; inside a
  * CUDA-graph capture growth is refused with an error, so run every shape once before capturing.
  * Without a context (NULL) the GEMV and MMA paths run one block per tile (no K split, slower on
  * small layers) and the cuBLAS path is unavailable. Results are deterministic (fixed summation
