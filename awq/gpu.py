@@ -628,6 +628,64 @@ def sq_diff_sum(a: GpuTensor, b: GpuTensor, stream=None) -> float:
     return C.cuda_sq_diff_sum(a.context.handle, a.dtype.code, a.ptr, b.ptr, a.size, _stream(stream))
 
 
+def scale_rows(x: GpuTensor, s, inverse: bool = False, out=None, stream=None) -> GpuTensor:
+    """x[M, K] * s[M] per row (inverse: / s[M]), s fp32 (host or GpuTensor): an AWQ scale folded
+    into the output rows of the linear that feeds the scaled group. out may be x."""
+    _check_tensor("scale_rows x", x, FLOATS, ndim=2)
+    M, K = x.shape
+    s = _param_f32("scale_rows", "s", s, (M,), x.device)
+    out = _out("scale_rows", out, x.shape, x.dtype, x.device)
+    C.cuda_scale_rows(x.context.handle, x.dtype.code, x.ptr, s.ptr, out.ptr, M, K, bool(inverse), _stream(stream))
+    return out
+
+
+def weight_mean(ws, group_size: int, stream=None) -> np.ndarray:
+    """AWQ's w_mean over the rows of all weights in ws (each [N_i, K]): per column k the mean of
+    |w| / (max |w| of its group + 1e-6), float64 [K] on the host (synchronizes)."""
+    ws = list(ws)
+    if not ws:
+        raise ValueError("weight_mean: no weights")
+    for w in ws:
+        _check_tensor("weight_mean w", w, FLOATS, ndim=2, device=ws[0].device)
+    K = ws[0].shape[1]
+    if any(w.shape[1] != K for w in ws):
+        raise ValueError(f"weight_mean: weights of different widths {[w.shape for w in ws]}")
+    g = _group("weight_mean", K, group_size)
+    acc = from_numpy(np.zeros(K, np.int64), ws[0].device)  # K zeroed 8-byte cells: float64 sums
+    for w in ws:
+        C.cuda_weight_mean(w.context.handle, w.dtype.code, w.ptr, w.shape[0], K, g, acc.ptr, _stream(stream))
+    return acc.to_numpy().view(np.float64) / sum(w.shape[0] for w in ws)
+
+
+def clamp_groups(w: GpuTensor, max_val: GpuTensor, group_size: int, out=None, stream=None) -> GpuTensor:
+    """w clamped to +-max_val[n, k // g] per group (numpy.clip); max_val fp32 [N, K / g]."""
+    _check_tensor("clamp_groups w", w, FLOATS, ndim=2)
+    N, K = w.shape
+    g = _group("clamp_groups", K, group_size)
+    mv = _param_f32("clamp_groups", "max_val", max_val, (N, K // g), w.device)
+    out = _out("clamp_groups", out, w.shape, w.dtype, w.device)
+    C.cuda_clamp_groups(w.context.handle, w.dtype.code, w.ptr, mv.ptr, out.ptr, N, K, g, _stream(stream))
+    return out
+
+
+def quantize_gemm(w: GpuTensor, group_size: int, zero_point: bool = True, stream=None):
+    """4-bit quantization of w [N, K] on the device into the AutoAWQ GEMM layout, returned on the
+    host: (qweight int32 [K, N/8], scales float32 [N, G], zero codes uint8 [N, G]); the same codes
+    as awq._awq_C.quantize_codes + pack_gemm on the same fp32 weights. NaN/Inf raise
+    FloatingPointError naming the group."""
+    _check_tensor("quantize_gemm w", w, FLOATS, ndim=2)
+    N, K = w.shape
+    g = _group("quantize_gemm", K, group_size)
+    if N % 8:
+        raise ValueError(f"quantize_gemm: out_features {N} is not a multiple of 8 (AWQ GEMM packing)")
+    qw = empty((K, N // 8), int32, w.device, what="quantize_gemm qweight")
+    sc = empty((N, K // g), float32, w.device, what="quantize_gemm scales")
+    zr = empty((N, K // g), uint8, w.device, what="quantize_gemm zeros")
+    C.cuda_quantize_gemm(w.context.handle, w.dtype.code, w.ptr, N, K, g, bool(zero_point), qw.ptr, sc.ptr, zr.ptr,
+                         _stream(stream))
+    return qw.to_numpy(), sc.to_numpy(), zr.to_numpy()
+
+
 def rows(t: GpuTensor, a0: int, a1: int) -> GpuTensor:
     """View of rows a0:a1 along the first dimension (no copy; shares t's memory)."""
     if not t.shape or not 0 <= a0 <= a1 <= t.shape[0]:
@@ -640,6 +698,7 @@ __all__ = [
     "DType", "DTYPES", "GpuTensor", "Context", "context", "is_available", "device_count",
     "memory_stats", "empty_cache", "synchronize", "as_dtype", "empty", "zeros", "from_numpy",
     "from_dlpack", "as_gpu", "rmsnorm", "rope_", "attention", "silu_mul", "add", "abs_mean",
-    "linear", "pseudo_quantize", "clip_search", "scale_cols", "sq_diff_sum", "rows", "float32", "float16", "bfloat16", "int32",
+    "linear", "pseudo_quantize", "clip_search", "scale_cols", "scale_rows", "sq_diff_sum", "weight_mean",
+    "clamp_groups", "quantize_gemm", "rows", "float32", "float16", "bfloat16", "int32",
     "int64", "uint8",
 ]

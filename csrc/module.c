@@ -1356,6 +1356,90 @@ done:
     return res;
 }
 
+PyDoc_STRVAR(cuda_scale_rows_doc, "cuda_scale_rows(ctx, dt, x, s, y, M, K, inverse, stream): row m * s[m].");
+static PyObject *py_cuda_scale_rows(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *cap, *res = NULL;
+    int dt, inverse;
+    unsigned long long x, s, y, stream;
+    long long M, K;
+    awq_err err = {{0}};
+    if (!PyArg_ParseTuple(args, "OiKKKLLpK:cuda_scale_rows", &cap, &dt, &x, &s, &y, &M, &K, &inverse,
+                          &stream))
+        return NULL;
+    awq_cuda_ctx *ctx = ctx_of(cap);
+    if (!ctx) return NULL;
+    CUDA_CALL(awq_cuda_scale_rows(ctx, dt, PTR(x), (const float *)PTR(s), PTR(y), M, K, inverse,
+                                  PTR(stream), &err));
+    Py_INCREF(Py_None);
+    res = Py_None;
+done:
+    return res;
+}
+
+PyDoc_STRVAR(cuda_weight_mean_doc,
+             "cuda_weight_mean(ctx, dt, w, N, K, g, acc, stream): acc[K] (float64) += the w_mean sums.");
+static PyObject *py_cuda_weight_mean(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *cap, *res = NULL;
+    int dt;
+    unsigned long long w, acc, stream;
+    long long N, K, g;
+    awq_err err = {{0}};
+    if (!PyArg_ParseTuple(args, "OiKLLLKK:cuda_weight_mean", &cap, &dt, &w, &N, &K, &g, &acc, &stream))
+        return NULL;
+    awq_cuda_ctx *ctx = ctx_of(cap);
+    if (!ctx) return NULL;
+    CUDA_CALL(awq_cuda_weight_mean(ctx, dt, PTR(w), N, K, g, (double *)PTR(acc), PTR(stream), &err));
+    Py_INCREF(Py_None);
+    res = Py_None;
+done:
+    return res;
+}
+
+PyDoc_STRVAR(cuda_clamp_groups_doc, "cuda_clamp_groups(ctx, dt, w, max_val, y, N, K, g, stream).");
+static PyObject *py_cuda_clamp_groups(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *cap, *res = NULL;
+    int dt;
+    unsigned long long w, mv, y, stream;
+    long long N, K, g;
+    awq_err err = {{0}};
+    if (!PyArg_ParseTuple(args, "OiKKKLLLK:cuda_clamp_groups", &cap, &dt, &w, &mv, &y, &N, &K, &g, &stream))
+        return NULL;
+    awq_cuda_ctx *ctx = ctx_of(cap);
+    if (!ctx) return NULL;
+    CUDA_CALL(awq_cuda_clamp_groups(ctx, dt, PTR(w), (const float *)PTR(mv), PTR(y), N, K, g, PTR(stream),
+                                    &err));
+    Py_INCREF(Py_None);
+    res = Py_None;
+done:
+    return res;
+}
+
+PyDoc_STRVAR(cuda_quantize_gemm_doc,
+             "cuda_quantize_gemm(ctx, dt, w, N, K, g, zero_point, qweight, scales, zeros, stream): 4-bit\n"
+             "AutoAWQ GEMM qweight [K, N/8] plus fp32 scales and uint8 zero codes [N, K/g] (device).");
+static PyObject *py_cuda_quantize_gemm(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *cap, *res = NULL;
+    int dt, zp;
+    unsigned long long w, qw, sc, zr, stream;
+    long long N, K, g;
+    awq_err err = {{0}};
+    if (!PyArg_ParseTuple(args, "OiKLLLpKKKK:cuda_quantize_gemm", &cap, &dt, &w, &N, &K, &g, &zp, &qw, &sc, &zr,
+                          &stream))
+        return NULL;
+    awq_cuda_ctx *ctx = ctx_of(cap);
+    if (!ctx) return NULL;
+    CUDA_CALL(awq_cuda_quantize_gemm(ctx, dt, PTR(w), N, K, g, zp, (uint32_t *)PTR(qw), (float *)PTR(sc),
+                                     (uint8_t *)PTR(zr), PTR(stream), &err));
+    Py_INCREF(Py_None);
+    res = Py_None;
+done:
+    return res;
+}
+
 PyDoc_STRVAR(cuda_sq_diff_sum_doc, "cuda_sq_diff_sum(ctx, dt, a, b, n, stream) -> float: sum (a-b)^2.");
 static PyObject *py_cuda_sq_diff_sum(PyObject *self, PyObject *args) {
     (void)self;
@@ -1515,7 +1599,8 @@ done:
         {"cuda_add", py_cuda_add, METH_VARARGS, cuda_binary_doc}, METH_V(cuda_abs_mean),           \
         METH_V(cuda_cast), METH_V(cuda_copy_strided), METH_V(cuda_linear),                         \
         METH_V(cuda_pseudo_quantize), METH_V(cuda_clip_search), METH_V(cuda_scale_cols),          \
-        METH_V(cuda_sq_diff_sum),
+        METH_V(cuda_sq_diff_sum), METH_V(cuda_scale_rows), METH_V(cuda_weight_mean),                \
+        METH_V(cuda_clamp_groups), METH_V(cuda_quantize_gemm),
 #undef CUDA_CALL
 #else
 #define AWQ_CUDA_OPS_METHODS

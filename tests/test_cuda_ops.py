@@ -357,3 +357,81 @@ def test_casts_round_to_nearest_even(rng):
     np.testing.assert_array_equal(t.to("bfloat16").to_numpy(), bf16_bits(x))
     h = t.to("float16")
     np.testing.assert_array_equal(h.to("float32").to_numpy(), x.astype(np.float16).astype(np.float32))
+
+
+# ---- quantizer weight ops: w_mean, row scaling, clamp, 4-bit GEMM packing ----------------------
+
+AWQ_ORDER = [0, 2, 4, 6, 1, 3, 5, 7]  # nibble i of a packed word holds column AWQ_ORDER[i] of its 8
+
+
+def unpack_by_hand(qweight, N):
+    """int32 [K, N/8] AutoAWQ GEMM words -> uint8 codes [K, N]."""
+    q = qweight.view(np.uint32)
+    codes = np.zeros((q.shape[0], N), np.uint8)
+    for i in range(8):
+        codes[:, AWQ_ORDER[i]::8] = (q >> (4 * i)) & 0xF
+    return codes
+
+
+@pytest.mark.parametrize("name", FLOATS)
+@pytest.mark.parametrize("shapes,g", [([(3, 96)], 32), ([(33, 192), (8, 192), (1, 192)], 64), ([(300, 256)], 128)])
+def test_weight_mean_matches_float64(rng, name, shapes, g):
+    hs = [encode(rng.standard_normal(s) * rng.uniform(0.1, 3.0, (s[0], 1)), name) for s in shapes]
+    ws = [decode(h, name).astype(np.float32) for h in hs]
+    got = gpu.weight_mean([gpu.from_numpy(h, dtype=name) for h in hs], g)
+    wcat = np.concatenate(ws).astype(np.float64)
+    wa = np.abs(wcat).reshape(-1, g)
+    amax = wa.max(axis=1, keepdims=True).astype(np.float32).astype(np.float64)
+    want = (wa / (amax + 1e-6)).reshape(wcat.shape).mean(axis=0)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("name", FLOATS)
+def test_scale_rows_divides_a_row_range(rng, name):
+    N, K, n = 37, 45, 11
+    h = encode(rng.standard_normal((N, K)), name)
+    s = rng.uniform(0.5, 2.0, n).astype(np.float32)
+    w = gpu.from_numpy(h, dtype=name)
+    tail = gpu.rows(w, N - n, N)
+    gpu.scale_rows(tail, s, inverse=True, out=tail)
+    got = decode(w.to_numpy(), name)
+    want = decode(h, name)
+    want[N - n:] /= s[:, None]
+    np.testing.assert_allclose(got, want, rtol=U[name], atol=0)
+    np.testing.assert_array_equal(got[:N - n], decode(h, name)[:N - n])  # rows above untouched
+    out = gpu.scale_rows(gpu.from_numpy(h, dtype=name), np.full(N, 2.0, np.float32), out=poisoned((N, K), name))
+    np.testing.assert_allclose(decode(out.to_numpy(), name), decode(h, name) * 2.0, rtol=U[name], atol=0)
+
+
+@pytest.mark.parametrize("name", FLOATS)
+@pytest.mark.parametrize("N,K,g", [(3, 96, 32), (33, 192, 64), (17, 256, 128)])
+def test_clamp_groups_matches_numpy_clip(rng, name, N, K, g):
+    h = encode(rng.standard_normal((N, K)), name)
+    mv = rng.uniform(0.2, 2.0, (N, K // g)).astype(np.float32)
+    got = gpu.clamp_groups(gpu.from_numpy(h, dtype=name), mv, g, out=poisoned((N, K), name))
+    w = decode(h, name)
+    want = np.clip(w.reshape(N, K // g, g), -mv[:, :, None], mv[:, :, None]).reshape(N, K)
+    np.testing.assert_allclose(decode(got.to_numpy(), name), want, rtol=U[name], atol=0)
+
+
+@pytest.mark.parametrize("N,K,g", [(8, 32, 32), (24, 192, 64), (40, 256, 128), (16, 96, 96)])
+@pytest.mark.parametrize("zp", [True, False])
+def test_quantize_gemm_matches_cpu_codes_and_hand_packing(rng, N, K, g, zp):
+    w = quant_weights(rng, N, K, g)
+    qweight, scales, zeros = gpu.quantize_gemm(gpu.from_numpy(w), g, zp)
+    codes, s_cpu, z_cpu = C.quantize_codes(w, g, 4, zp)
+    np.testing.assert_array_equal(unpack_by_hand(qweight, N), codes.T)
+    np.testing.assert_array_equal(scales, s_cpu)
+    np.testing.assert_array_equal(zeros, z_cpu)
+    assert qweight.dtype == np.int32 and qweight.shape == (K, N // 8)
+
+
+def test_quantize_gemm_rejects_bad_input(rng):
+    w = rng.standard_normal((16, 64)).astype(np.float32)
+    w[9, 40] = np.inf
+    with pytest.raises(FloatingPointError, match="row 9, group 1"):
+        gpu.quantize_gemm(gpu.from_numpy(w), 32)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        gpu.quantize_gemm(gpu.from_numpy(w[:12]), 32)
+    with pytest.raises(ValueError, match="does not divide"):
+        gpu.quantize_gemm(gpu.from_numpy(w), 48)

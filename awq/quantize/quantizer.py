@@ -162,8 +162,9 @@ class AwqQuantizer:
         bar = progress(range(cfg.num_layers), desc="AWQ" if not self.rtn else "RTN", disable=not self.verbose)
         for i in bar:
             t0 = time.time()
-            tensors = self.awq_model.load_layer_f32(i)
-            self._check_finite(i, tensors)
+            self.be.begin_layer()
+            host = self.awq_model.load_layer_f32(i)
+            tensors = self._to_backend(i, host)
             report = LayerReport(i)
             if blocks is not None:
                 x = self._awq_layer(i, tensors, x, report)
@@ -172,17 +173,26 @@ class AwqQuantizer:
             self.reports.append(report)
         return layers_out, self.reports
 
-    def _check_finite(self, i: int, tensors: Dict[str, np.ndarray]):
-        for name, t in tensors.items():
-            if not np.isfinite(t).all():
-                bad = int((~np.isfinite(t)).sum())
+    def _to_backend(self, i: int, host: Dict[str, np.ndarray]) -> Dict:
+        """Linear weights become backend masters (fp32 on the backend's device); norms and biases stay
+        host arrays. Non-finite values are refused here, naming the tensor."""
+        tensors = {}
+        for name, t in host.items():
+            is_weight = t.ndim == 2
+            if is_weight:
+                t = self.be.master(t)
+            if not (self.be.all_finite(t) if is_weight else np.isfinite(t).all()):
+                h = self.be.to_host(t) if is_weight else t
+                bad = int((~np.isfinite(h)).sum())
                 raise FloatingPointError(
                     f"{self.spec.layer_prefix(i)}{name} has {bad} NaN/Inf values; cannot quantize")
+            tensors[name] = t
+        return tensors
 
     def _layer_modules(self, tensors: Dict[str, np.ndarray]) -> Dict:
         W = {}
         for lin in self.spec.linear_names():
-            W[lin] = self.be.linear(self.be.weight(tensors[lin + ".weight"]), tensors.get(lin + ".bias"))
+            W[lin] = self.be.linear(tensors[lin + ".weight"], tensors.get(lin + ".bias"))
         for n in self.spec.norm_names():
             W[n] = tensors[n + ".weight"]
         return W
@@ -233,9 +243,7 @@ class AwqQuantizer:
         K = weights[0].shape[1]
         gs = self._g(K)
         x_mean = be.abs_mean(x_in)
-        wcat = np.concatenate(weights, axis=0)
-        wa = np.abs(wcat).reshape(-1, gs)
-        w_mean = (wa / (wa.max(axis=1, keepdims=True) + 1e-6)).reshape(wcat.shape).mean(axis=0, dtype=np.float64)
+        w_mean = be.w_mean(weights, gs)
 
         loss_fn = self._loss_fn(i, g, tensors, x_in, T, chunk)
         best, best_ratio, best_s = np.inf, None, None
@@ -251,10 +259,9 @@ class AwqQuantizer:
                 s = s / np.sqrt(s.max() * s.min())
             s[~np.isfinite(s)] = 1.0
             candidates.append((r, s.astype(np.float32)))
-        dev_weights = [be.weight(w) for w in weights]
         for r, s in candidates:
             cand = {}
-            for name, w in zip(g.linears, dev_weights):
+            for name, w in zip(g.linears, weights):
                 cand[name] = w if not self.converted(i, name) else be.candidate(
                     w, s, gs, self.w_bit, self.zero_point)
             loss = loss_fn(cand)
@@ -312,26 +319,22 @@ class AwqQuantizer:
             if g.prev + ".bias" in tensors:
                 tensors[g.prev + ".bias"] = (tensors[g.prev + ".bias"] / s).astype(np.float32)
         else:  # linear: rows produce the consumers' input channels
-            pw = pw.copy()
-            pw[-n:] /= s[:, None]
-            tensors[g.prev + ".weight"] = pw
+            tensors[g.prev + ".weight"] = self.be.unscale_out_rows(pw, s)
             if g.prev + ".bias" in tensors:
                 b = tensors[g.prev + ".bias"].copy()
                 b[-n:] /= s
                 tensors[g.prev + ".bias"] = b
         for lin in g.linears:
-            tensors[lin + ".weight"] = np.ascontiguousarray(tensors[lin + ".weight"] * s[None, :])
+            tensors[lin + ".weight"] = self.be.scale_in(tensors[lin + ".weight"], s)
         self.be.unscale_(feats[g.linears[0]], s)
 
     # ---- clip ------------------------------------------------------------------------------
     def _clip(self, i, lin, tensors, x_in):
         w = tensors[lin + ".weight"]
-        N, K = w.shape
-        gs = self._g(K)
+        gs = self._g(w.shape[1])
         step = max(1, x_in.shape[0] // N_SAMPLE_TOKENS_CLIP)
         max_val = self.be.clip_search(w, x_in, step, gs, self.w_bit, self.zero_point, N_GRID, 0.5)
-        mv = max_val[:, :, None]
-        tensors[lin + ".weight"] = np.clip(w.reshape(N, K // gs, gs), -mv, mv).reshape(N, K)
+        tensors[lin + ".weight"] = self.be.clamp(w, max_val, gs)
 
     # ---- quantize --------------------------------------------------------------------------
     def _finish_layer(self, i: int, tensors: Dict[str, np.ndarray]) -> Dict:
@@ -345,11 +348,11 @@ class AwqQuantizer:
         for lin in spec.linear_names():
             w, b = tensors[lin + ".weight"], r16(tensors.get(lin + ".bias"))
             if self.export_compatible or not self.converted(i, lin):
-                out[lin] = DenseWeight(w, b)
+                out[lin] = DenseWeight(self.be.to_host(w), b)
             else:
                 K = w.shape[1]
-                out[lin] = quantize_weight(w, self.w_bit, self._g(K), self.zero_point, b,
-                                           spec.layer_prefix(i) + lin)
+                out[lin] = self.be.quantize(w, self.w_bit, self._g(K), self.zero_point, b,
+                                            spec.layer_prefix(i) + lin)
         return out
 
 

@@ -1021,7 +1021,7 @@ __global__ void group_absmax_kernel(const T *w, float *org, int64_t N, int64_t K
             m = fmaxf(m, fabsf(v));
         }
         m = warp_max(m);
-        if (!GPU_ALL(finite) && lane == 0) atomicMin(bad_w, (unsigned long long)grp);
+        if (!GPU_ALL(finite) && lane == 0 && bad_w) atomicMin(bad_w, (unsigned long long)grp);
         if (lane == 0) org[grp] = m;
     }
 }
@@ -1287,11 +1287,12 @@ extern "C" int awq_cuda_copy_strided(awq_cuda_ctx *ctx, int elem_size, const voi
 /* y[m, c] = x[m, c] * s[c] (or / s[c] when inverse): applies or undoes an AWQ input-channel scale
  * on weights [N, K] or activations [M, K]. */
 template <typename T>
-__global__ void scale_cols_kernel(const T *x, const float *s, T *y, int64_t M, int64_t K, int inverse) {
+__global__ void scale_cols_kernel(const T *x, const float *s, T *y, int64_t M, int64_t K, int inverse,
+                                  int per_row) {
     const int64_t n = M * K;
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
          i += (int64_t)gridDim.x * blockDim.x) {
-        const float sc = s[i % K];
+        const float sc = per_row ? s[i / K] : s[i % K];
         y[i] = from_f<T>(inverse ? to_f(x[i]) / sc : to_f(x[i]) * sc);
     }
 }
@@ -1303,7 +1304,18 @@ extern "C" int awq_cuda_scale_cols(awq_cuda_ctx *ctx, int dt, const void *x, con
     if ((st = awq_cuda_ctx_activate(ctx, err))) return st;
     DISPATCH_FLOAT("scale_cols", dt, T,
                    scale_cols_kernel<T><<<grid_for(M * K, 256), 256, 0, (gpuStream_t)stream>>>(
-                       (const T *)x, s, (T *)y, M, K, inverse));
+                       (const T *)x, s, (T *)y, M, K, inverse, 0));
+    return launch_check("scale_cols_kernel", err);
+}
+
+extern "C" int awq_cuda_scale_rows(awq_cuda_ctx *ctx, int dt, const void *x, const float *s, void *y,
+                                   int64_t M, int64_t K, int inverse, void *stream, awq_err *err) {
+    int st = check_nonneg("scale_rows", M, K, err);
+    if (st || M * K == 0) return st;
+    if ((st = awq_cuda_ctx_activate(ctx, err))) return st;
+    DISPATCH_FLOAT("scale_rows", dt, T,
+                   scale_cols_kernel<T><<<grid_for(M * K, 256), 256, 0, (gpuStream_t)stream>>>(
+                       (const T *)x, s, (T *)y, M, K, inverse, 1));
     return launch_check("scale_cols_kernel", err);
 }
 
@@ -1358,5 +1370,167 @@ extern "C" int awq_cuda_sq_diff_sum(awq_cuda_ctx *ctx, int dt, const void *a, co
                          gpuGetErrorString(e));
 done:
     awq_cuda_free(ctx, acc, sizeof *acc);
+    return st;
+}
+
+/* ---------------------------------------------------------------- weight statistics, clamp, packing
+ *
+ * The quantizer's per-layer weight work, kept on the device with the fp32 master weights: the w_mean
+ * statistic of the scale search, the clip (clamp to +-max_val per group) and the final 4-bit
+ * quantization straight into the AutoAWQ GEMM qweight layout. Same fp32 operations as the host
+ * (numpy / quant.c), so codes and scales match the CPU's bit for bit on the same fp32 weights.
+ */
+
+/* acc[k] += sum over rows n of |w[n,k]| / (amax[n, k/g] + 1e-6), in double. Threads run along k
+ * (coalesced); blockIdx.y takes a slice of rows. */
+template <typename T>
+__global__ void weight_mean_kernel(const T *w, const float *amax, int64_t N, int64_t K, int64_t g,
+                                   int64_t rows_per, double *acc) {
+    const int64_t k = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+    if (k >= K) return;
+    const int64_t G = K / g, j = k / g;
+    const int64_t n0 = blockIdx.y * rows_per, n1 = n0 + rows_per < N ? n0 + rows_per : N;
+    double sum = 0.0;
+    for (int64_t n = n0; n < n1; n++)
+        sum += (double)__fdiv_rn(fabsf(to_f(w[n * K + k])), __fadd_rn(amax[n * G + j], 1e-6f));
+    atomicAdd(acc + k, sum);
+}
+
+extern "C" int awq_cuda_weight_mean(awq_cuda_ctx *ctx, int dt, const void *w, int64_t N, int64_t K,
+                                    int64_t g, double *acc, void *stream, awq_err *err) {
+    int st = check_quant("weight_mean", N, K, g, 4, err);
+    if (st || N == 0) return st;
+    if ((st = awq_cuda_ctx_activate(ctx, err))) return st;
+    gpuStream_t s = (gpuStream_t)stream;
+    float *amax = NULL;
+    const int64_t G = K / g;
+    if ((st = awq_cuda_alloc(ctx, (size_t)(N * G) * sizeof(float), "weight_mean group maxima", (void **)&amax,
+                             err)))
+        return st;
+    DISPATCH_FLOAT("weight_mean", dt, TT, {
+        group_absmax_kernel<TT><<<grid_for(N * G, 8), 256, 0, s>>>((const TT *)w, amax, N, K, g, NULL);
+        if ((st = launch_check("group_absmax_kernel", err))) goto done;
+        const int64_t rows_per = 256;
+        const dim3 grid((unsigned)((K + 255) / 256), (unsigned)((N + rows_per - 1) / rows_per));
+        weight_mean_kernel<TT><<<grid, 256, 0, s>>>((const TT *)w, amax, N, K, g, rows_per, acc);
+        if ((st = launch_check("weight_mean_kernel", err))) goto done;
+    });
+done:
+    awq_cuda_free(ctx, amax, (size_t)(N * G) * sizeof(float));
+    return st;
+}
+
+template <typename T>
+__global__ void clamp_groups_kernel(const T *w, const float *mv, T *y, int64_t N, int64_t K, int64_t g) {
+    const int64_t n = N * K, G = K / g;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        const float m = mv[(i / K) * G + (i % K) / g], v = to_f(w[i]);
+        y[i] = from_f<T>(fminf(fmaxf(v, -m), m));
+    }
+}
+
+extern "C" int awq_cuda_clamp_groups(awq_cuda_ctx *ctx, int dt, const void *w, const float *max_val,
+                                     void *y, int64_t N, int64_t K, int64_t g, void *stream, awq_err *err) {
+    int st = check_quant("clamp_groups", N, K, g, 4, err);
+    if (st || N == 0) return st;
+    if ((st = awq_cuda_ctx_activate(ctx, err))) return st;
+    DISPATCH_FLOAT("clamp_groups", dt, T,
+                   clamp_groups_kernel<T><<<grid_for(N * K, 256), 256, 0, (gpuStream_t)stream>>>(
+                       (const T *)w, max_val, (T *)y, N, K, g));
+    return launch_check("clamp_groups_kernel", err);
+}
+
+/* Scale and zero code of every group (a warp each), quant_group()'s formulas. */
+template <typename T>
+__global__ void group_params_kernel(const T *w, float *scales, uint8_t *zeros, int64_t N, int64_t K, int64_t g,
+                                    int bits, int zero_point, unsigned long long *bad) {
+    const int lane = threadIdx.x & 31;
+    const int64_t G = K / g, ngroups = N * G;
+    const int64_t warps = (int64_t)gridDim.x * (blockDim.x >> 5);
+    for (int64_t grp = blockIdx.x * (int64_t)(blockDim.x >> 5) + (threadIdx.x >> 5); grp < ngroups;
+         grp += warps) {
+        const T *p = w + (grp / G) * K + (grp % G) * g;
+        float mx = -INFINITY, mn = INFINITY;
+        bool finite = true;
+        for (int64_t i = lane; i < g; i += 32) {
+            const float v = to_f(p[i]);
+            finite = finite && isfinite(v);
+            mx = fmaxf(mx, v);
+            mn = fminf(mn, v);
+        }
+        mx = warp_max(mx);
+        mn = warp_min(mn);
+        if (!GPU_ALL(finite)) {
+            if (lane == 0) atomicMin(bad, (unsigned long long)grp);
+            continue;
+        }
+        if (lane == 0) {
+            const QParams qp = qparams(mx, mn, bits, zero_point);
+            scales[grp] = qp.s;
+            zeros[grp] = (uint8_t)(zero_point ? qp.z : -qp.qlo);
+        }
+    }
+}
+
+/* qweight[k][c] (int32, AutoAWQ GEMM order: nibble i holds column 8c + P[i], P = 0 2 4 6 1 3 5 7)
+ * from w[N, K] and the group parameters; threads run along k (coalesced reads of w). */
+template <typename T>
+__global__ void pack_gemm_kernel(const T *w, const float *scales, const uint8_t *zeros, uint32_t *qweight,
+                                 int64_t N, int64_t K, int64_t g, int zero_point) {
+    const int64_t C8 = N / 8, total = C8 * K, G = K / g;
+    const float qlo = zero_point ? 0.0f : -8.0f, qhi = zero_point ? 15.0f : 7.0f, off = -qlo;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t c = i / K, k = i % K, j = k / g;
+        uint32_t word = 0;
+#pragma unroll
+        for (int nib = 0; nib < 8; nib++) {
+            const int64_t n = 8 * c + (nib & 3) * 2 + (nib >> 2); /* P[nib] */
+            const float sc = scales[n * G + j];
+            const float z = zero_point ? (float)zeros[n * G + j] : 0.0f;
+            float q = __fadd_rn(rintf(__fdiv_rn(to_f(w[n * K + k]), sc)), z);
+            q = q < qlo ? qlo : (q > qhi ? qhi : q);
+            word |= (uint32_t)(int)(q + off) << (4 * nib);
+        }
+        qweight[k * C8 + c] = word;
+    }
+}
+
+extern "C" int awq_cuda_quantize_gemm(awq_cuda_ctx *ctx, int dt, const void *w, int64_t N, int64_t K,
+                                      int64_t g, int zero_point, uint32_t *qweight, float *scales,
+                                      uint8_t *zeros, void *stream, awq_err *err) {
+    int st = check_quant("quantize_gemm", N, K, g, 4, err);
+    if (st) return st;
+    if (N % 8)
+        return awq_set_err(err, AWQ_ERR_VALUE,
+                           "quantize_gemm: out_features %lld is not a multiple of 8 (AWQ GEMM packing)",
+                           (long long)N);
+    if (N == 0) return AWQ_OK;
+    if ((st = awq_cuda_ctx_activate(ctx, err))) return st;
+    gpuStream_t s = (gpuStream_t)stream;
+    unsigned long long *bad = NULL, first = 0;
+    if ((st = awq_cuda_alloc(ctx, sizeof *bad, "quantize_gemm flag", (void **)&bad, err))) return st;
+    if ((st = awq_cuda_memset(ctx, bad, 0xFF, sizeof *bad, stream, err))) goto done;
+    DISPATCH_FLOAT("quantize_gemm", dt, TT, {
+        group_params_kernel<TT><<<grid_for(N * (K / g), 8), 256, 0, s>>>((const TT *)w, scales, zeros, N, K, g,
+                                                                          4, zero_point, bad);
+        if ((st = launch_check("group_params_kernel", err))) goto done;
+    });
+    if ((st = awq_cuda_copy(ctx, &first, bad, sizeof first, AWQ_COPY_D2H, stream, err))) goto done;
+    if (first != ~0ULL) {
+        const int64_t G = K / g;
+        st = report_bad_group(ctx, "quantize_gemm", dt, w, K, g, (int64_t)first / G, (int64_t)first % G, stream,
+                              err);
+        if (st == AWQ_OK) st = AWQ_ERR_NUMERIC;
+        goto done;
+    }
+    DISPATCH_FLOAT("quantize_gemm", dt, TT, {
+        pack_gemm_kernel<TT><<<grid_for(N / 8 * K, 256), 256, 0, s>>>((const TT *)w, scales, zeros, qweight, N, K,
+                                                                       g, zero_point);
+        if ((st = launch_check("pack_gemm_kernel", err))) goto done;
+    });
+done:
+    awq_cuda_free(ctx, bad, sizeof *bad);
     return st;
 }

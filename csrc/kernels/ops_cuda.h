@@ -224,6 +224,28 @@ int awq_cuda_clip_search(awq_cuda_ctx *ctx, int dt, const void *w, const void *x
 int awq_cuda_scale_cols(awq_cuda_ctx *ctx, int dt, const void *x, const float *s, void *y, int64_t M,
                         int64_t K, int inverse, void *stream, awq_err *err);
 
+/* y[M,K] = x[M,K] * s[M] (inverse: / s[M]): row m scaled by s[m]; as scale_cols otherwise. */
+int awq_cuda_scale_rows(awq_cuda_ctx *ctx, int dt, const void *x, const float *s, void *y, int64_t M,
+                        int64_t K, int inverse, void *stream, awq_err *err);
+
+/* acc[K] (double, device, accumulated into: zero it first) += sum over the N rows of w[N,K] (dt)
+ * of |w[n,k]| / (max |w| of the group of (n,k) + 1e-6), fp32 terms as numpy computes them: the
+ * w_mean statistic of the AWQ scale search (divide by the total row count afterwards). */
+int awq_cuda_weight_mean(awq_cuda_ctx *ctx, int dt, const void *w, int64_t N, int64_t K, int64_t g,
+                         double *acc, void *stream, awq_err *err);
+
+/* y[N,K] = clamp(w, -max_val[n, k/g], max_val[n, k/g]) (numpy.clip); w, y: dt (may alias). */
+int awq_cuda_clamp_groups(awq_cuda_ctx *ctx, int dt, const void *w, const float *max_val, void *y,
+                          int64_t N, int64_t K, int64_t g, void *stream, awq_err *err);
+
+/* 4-bit quantization of w[N,K] (dt) into the AutoAWQ GEMM layout: qweight[K, N/8] int32 (device),
+ * scales[N, K/g] fp32 and zero codes zeros[N, K/g] uint8 (device; the caller transposes and packs
+ * these small tensors). quant.c's awq_quantize_codes_f32 + awq_pack_gemm, bit for bit on fp32 w.
+ * N % 8 == 0. Synchronizes; NaN/Inf in w -> AWQ_ERR_NUMERIC naming the first bad group. */
+int awq_cuda_quantize_gemm(awq_cuda_ctx *ctx, int dt, const void *w, int64_t N, int64_t K, int64_t g,
+                           int zero_point, uint32_t *qweight, float *scales, uint8_t *zeros, void *stream,
+                           awq_err *err);
+
 /* *out = sum over n elements of (a - b)^2, accumulated in double (host out; synchronizes stream). */
 int awq_cuda_sq_diff_sum(awq_cuda_ctx *ctx, int dt, const void *a, const void *b, int64_t n,
                          double *out, void *stream, awq_err *err);
