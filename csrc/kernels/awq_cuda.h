@@ -25,6 +25,8 @@
 #include <hip/hip_runtime.h>
 #include <hipblas/hipblas.h>
 #define AWQ_GPU_PTX 0
+#define GPU_API "hip"
+#define GPUBLAS_API "hipblas"
 typedef hipError_t gpuError_t;
 typedef hipStream_t gpuStream_t;
 typedef hipEvent_t gpuEvent_t;
@@ -93,6 +95,8 @@ typedef __hip_bfloat162 gpu_bf162;
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #define AWQ_GPU_PTX 1
+#define GPU_API "cuda"
+#define GPUBLAS_API "cublas"
 typedef cudaError_t gpuError_t;
 typedef cudaStream_t gpuStream_t;
 typedef cudaEvent_t gpuEvent_t;
@@ -156,17 +160,32 @@ typedef __nv_bfloat162 gpu_bf162;
 #define GPU_ALL(p) __all_sync(0xffffffffu, (p))
 #endif
 
-/* The one GPU check macro: on failure records the statement, file and line and returns an error
- * status from the enclosing function (which takes an `awq_err *` named by err). */
-#ifndef AWQ_CUDA_CHECK
-#define AWQ_CUDA_CHECK(stmt, err)                                                                 \
-    do {                                                                                          \
-        gpuError_t e_ = (stmt);                                                                   \
-        if (e_ != gpuSuccess)                                                                     \
-            return awq_set_err((err), AWQ_ERR_RUNTIME, "%s failed at %s:%d: %s", #stmt, __FILE__, \
-                               __LINE__, gpuGetErrorString(e_));                                  \
+#include <string.h>
+/* A statement's text as the vendor names it ("gpuMalloc(p, n)" -> "cuda" "Malloc(p, n)"): two
+ * arguments for a "%s%s" format, so messages name the real call. */
+#define AWQ_GPU_CALL_NAME(s)                                                                        \
+    (strncmp((s), "gpublas", 7) == 0 ? GPUBLAS_API : strncmp((s), "gpu", 3) == 0 ? GPU_API : ""),   \
+        ((s) + (strncmp((s), "gpublas", 7) == 0 ? 7 : strncmp((s), "gpu", 3) == 0 ? 3 : 0))
+
+/* The GPU check macros: on failure record the call (by its vendor name), file and line and return
+ * an error status from the enclosing function (which takes an `awq_err *` named by err); an
+ * allocation failure is AWQ_ERR_NOMEM (MemoryError in Python). */
+#define AWQ_CUDA_CHECK(stmt, err)                                                                  \
+    do {                                                                                           \
+        gpuError_t e_ = (stmt);                                                                    \
+        if (e_ != gpuSuccess)                                                                      \
+            return awq_set_err((err), e_ == gpuErrorMemoryAllocation ? AWQ_ERR_NOMEM : AWQ_ERR_RUNTIME, \
+                               "%s%s failed at %s:%d: %s", AWQ_GPU_CALL_NAME(#stmt), __FILE__, __LINE__, \
+                               gpuGetErrorString(e_));                                             \
     } while (0)
-#endif
+#define AWQ_GPUBLAS_CHECK(stmt, err)                                                               \
+    do {                                                                                           \
+        gpublasStatus_t s_ = (stmt);                                                               \
+        if (s_ != GPUBLAS_STATUS_SUCCESS)                                                          \
+            return awq_set_err((err), s_ == GPUBLAS_STATUS_ALLOC_FAILED ? AWQ_ERR_NOMEM : AWQ_ERR_RUNTIME, \
+                               "%s%s failed at %s:%d: %s", AWQ_GPU_CALL_NAME(#stmt), __FILE__, __LINE__, \
+                               gpublasGetStatusString(s_));                                        \
+    } while (0)
 #endif
 
 #ifdef __cplusplus

@@ -93,7 +93,7 @@ extern "C" int awq_cuda_ctx_blas(awq_cuda_ctx *ctx, void **handle, awq_err *err)
         gpublasStatus_t s = gpublasCreate(&ctx->blas);
         if (s != GPUBLAS_STATUS_SUCCESS) {
             ctx->blas = NULL;
-            return awq_set_err(err, AWQ_ERR_RUNTIME, "gpublasCreate failed on device %d: %s",
+            return awq_set_err(err, AWQ_ERR_RUNTIME, GPUBLAS_API "Create failed on device %d: %s",
                                ctx->device, gpublasGetStatusString(s));
         }
     }
@@ -189,7 +189,7 @@ extern "C" int awq_cuda_alloc(awq_cuda_ctx *ctx, size_t nbytes, const char *what
             (void)gpuGetLastError();
         }
         return awq_set_err(err, e == gpuErrorMemoryAllocation ? AWQ_ERR_NOMEM : AWQ_ERR_RUNTIME,
-                           "gpuMalloc(%zu bytes = %s) for %s failed on device %d: %s (this "
+                           GPU_API "Malloc(%zu bytes = %s) for %s failed on device %d: %s (this "
                            "context holds %s in use; device free %s of %s)",
                            nbytes, req, what ? what : "a GPU buffer", ctx->device,
                            gpuGetErrorString(e), used, freebuf, totbuf);
@@ -217,7 +217,7 @@ extern "C" int awq_cuda_empty_cache(awq_cuda_ctx *ctx, awq_err *err) {
     AWQ_CUDA_CHECK(gpuSetDevice(ctx->device), err);
     gpuError_t e = release_cached_locked(ctx);
     if (e != gpuSuccess)
-        return awq_set_err(err, AWQ_ERR_RUNTIME, "gpuFree of cached blocks failed on device %d: %s",
+        return awq_set_err(err, AWQ_ERR_RUNTIME, GPU_API "Free of cached blocks failed on device %d: %s",
                            ctx->device, gpuGetErrorString(e));
     return AWQ_OK;
 }

@@ -60,15 +60,7 @@ static int launch_check(const char *kernel, awq_err *err) {
     return AWQ_OK;
 }
 
-static const char *blas_status(gpublasStatus_t s) { return gpublasGetStatusString(s); }
-
-#define AWQ_CUBLAS_CHECK(stmt, err)                                                               \
-    do {                                                                                          \
-        gpublasStatus_t s_ = (stmt);                                                               \
-        if (s_ != GPUBLAS_STATUS_SUCCESS)                                                          \
-            return awq_set_err((err), AWQ_ERR_RUNTIME, "%s failed at %s:%d: %s", #stmt, __FILE__, \
-                               __LINE__, blas_status(s_));                                        \
-    } while (0)
+#define AWQ_CUBLAS_CHECK AWQ_GPUBLAS_CHECK
 
 /* Runs the statement list with `T` bound to the storage type of float dtype dt. */
 #define DISPATCH_FLOAT(op, dt, T, ...)                                                             \
@@ -1180,8 +1172,8 @@ extern "C" int awq_cuda_clip_search(awq_cuda_ctx *ctx, int dt, const void *w, co
                                             (long long)(g * g), (int)G, GPUBLAS_COMPUTE_32F,
                                             GPUBLAS_GEMM_DEFAULT);
         if (bs != GPUBLAS_STATUS_SUCCESS) {
-            st = awq_set_err(err, AWQ_ERR_RUNTIME, "gpublasGemmStridedBatchedEx (clip_search Gram) "
-                             "failed: %s", blas_status(bs));
+            st = awq_set_err(err, AWQ_ERR_RUNTIME, GPUBLAS_API "GemmStridedBatchedEx (clip_search Gram) "
+                             "failed: %s", gpublasGetStatusString(bs));
             goto done;
         }
         const size_t smem = (size_t)CLIP_NV * g * sizeof(float);
@@ -1195,7 +1187,7 @@ extern "C" int awq_cuda_clip_search(awq_cuda_ctx *ctx, int dt, const void *w, co
             gpuError_t e = gpuFuncSetAttribute(clip_err_kernel<TT>,
                                                  gpuFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
             if (e != gpuSuccess) {
-                st = awq_set_err(err, AWQ_ERR_RUNTIME, "gpuFuncSetAttribute(clip_err_kernel) failed: %s",
+                st = awq_set_err(err, AWQ_ERR_RUNTIME, GPU_API "FuncSetAttribute(clip_err_kernel) failed: %s",
                                  gpuGetErrorString(e));
                 goto done;
             }
@@ -1350,7 +1342,7 @@ extern "C" int awq_cuda_sq_diff_sum(awq_cuda_ctx *ctx, int dt, const void *a, co
     gpuStream_t s = (gpuStream_t)stream;
     gpuError_t e = gpuMemsetAsync(acc, 0, sizeof *acc, s);
     if (e != gpuSuccess) {
-        st = awq_set_err(err, AWQ_ERR_RUNTIME, "gpuMemsetAsync(sq_diff_sum accumulator) failed: %s",
+        st = awq_set_err(err, AWQ_ERR_RUNTIME, GPU_API "MemsetAsync(sq_diff_sum accumulator) failed: %s",
                          gpuGetErrorString(e));
         goto done;
     }

@@ -60,15 +60,7 @@
 
 /* ================================================================ checks */
 
-/* The one CUDA check: names the failing statement, file and line; returns an error status. */
-#define CUDA_CHECK(stmt)                                                                           \
-    do {                                                                                           \
-        gpuError_t e_ = (stmt);                                                                   \
-        if (e_ != gpuSuccess)                                                                     \
-            return awq_set_err(err, e_ == gpuErrorMemoryAllocation ? AWQ_ERR_NOMEM : AWQ_ERR_RUNTIME, \
-                               "%s failed at %s:%d: %s", #stmt, __FILE__, __LINE__,                \
-                               gpuGetErrorString(e_));                                            \
-    } while (0)
+#define CUDA_CHECK(stmt) AWQ_CUDA_CHECK(stmt, err)
 /* After every launch: a bad configuration is reported at the launch, naming the kernel. */
 #define LAUNCH_CHECK(what)                                                                         \
     do {                                                                                           \
@@ -77,14 +69,7 @@
             return awq_set_err(err, AWQ_ERR_RUNTIME, "launch of %s failed at %s:%d: %s", what,     \
                                __FILE__, __LINE__, gpuGetErrorString(e_));                        \
     } while (0)
-#define GPUBLAS_CHECK(stmt)                                                                         \
-    do {                                                                                           \
-        gpublasStatus_t s_ = (stmt);                                                                \
-        if (s_ != GPUBLAS_STATUS_SUCCESS)                                                           \
-            return awq_set_err(err, s_ == GPUBLAS_STATUS_ALLOC_FAILED ? AWQ_ERR_NOMEM : AWQ_ERR_RUNTIME, \
-                               "%s failed at %s:%d: %s", #stmt, __FILE__, __LINE__,                \
-                               gpublasGetStatusString(s_));                                         \
-    } while (0)
+#define GPUBLAS_CHECK(stmt) AWQ_GPUBLAS_CHECK(stmt, err)
 
 /* ================================================================ tuning constants */
 
@@ -738,23 +723,23 @@ extern "C" int awq_cuda_w4a16_ctx_new(awq_w4a16_ctx **out, awq_err *err) {
         goto fail;                                                                                 \
     } while (0)
     if ((e = gpuGetDevice(&c->device)) != gpuSuccess)
-        CTX_FAIL(AWQ_ERR_RUNTIME, "gpuGetDevice failed: %s", gpuGetErrorString(e));
+        CTX_FAIL(AWQ_ERR_RUNTIME, GPU_API "GetDevice failed: %s", gpuGetErrorString(e));
     if ((e = gpuDeviceGetAttribute(&c->sms, gpuDevAttrMultiProcessorCount, c->device)) != gpuSuccess)
-        CTX_FAIL(AWQ_ERR_RUNTIME, "gpuDeviceGetAttribute(MultiProcessorCount) failed: %s",
+        CTX_FAIL(AWQ_ERR_RUNTIME, GPU_API "DeviceGetAttribute(MultiProcessorCount) failed: %s",
                  gpuGetErrorString(e));
     if ((e = gpuMalloc((void **)&c->cnt, NCOUNTERS * sizeof(int))) != gpuSuccess)
         CTX_FAIL(e == gpuErrorMemoryAllocation ? AWQ_ERR_NOMEM : AWQ_ERR_RUNTIME,
-                 "gpuMalloc(%zu bytes) for the stream-K counters failed: %s", NCOUNTERS * sizeof(int),
+                 GPU_API "Malloc(%zu bytes) for the stream-K counters failed: %s", NCOUNTERS * sizeof(int),
                  gpuGetErrorString(e));
     if ((e = gpuMemset(c->cnt, 0, NCOUNTERS * sizeof(int))) != gpuSuccess)
-        CTX_FAIL(AWQ_ERR_RUNTIME, "gpuMemset of the stream-K counters failed: %s", gpuGetErrorString(e));
+        CTX_FAIL(AWQ_ERR_RUNTIME, GPU_API "Memset of the stream-K counters failed: %s", gpuGetErrorString(e));
     if ((e = gpuMalloc(&c->blas_ws, BLAS_WS_BYTES)) != gpuSuccess)
         CTX_FAIL(e == gpuErrorMemoryAllocation ? AWQ_ERR_NOMEM : AWQ_ERR_RUNTIME,
-                 "gpuMalloc(%u bytes) for the cuBLAS workspace failed: %s", BLAS_WS_BYTES,
+                 GPU_API "Malloc(%u bytes) for the cuBLAS workspace failed: %s", BLAS_WS_BYTES,
                  gpuGetErrorString(e));
     if ((bs = gpublasCreate(&c->blas)) != GPUBLAS_STATUS_SUCCESS)
         CTX_FAIL(bs == GPUBLAS_STATUS_ALLOC_FAILED ? AWQ_ERR_NOMEM : AWQ_ERR_RUNTIME,
-                 "gpublasCreate failed: %s", gpublasGetStatusString(bs));
+                 GPUBLAS_API "Create failed: %s", gpublasGetStatusString(bs));
 #undef CTX_FAIL
     *out = c;
     return AWQ_OK;
@@ -796,7 +781,7 @@ static int grow(void **buf, size_t *have, size_t need, const char *what, gpuStre
         *buf = NULL;
         gpuGetLastError();
         return awq_set_err(err, e == gpuErrorMemoryAllocation ? AWQ_ERR_NOMEM : AWQ_ERR_RUNTIME,
-                           "gpuMalloc(%zu bytes) for the context's %s failed: %s", need, what,
+                           GPU_API "Malloc(%zu bytes) for the context's %s failed: %s", need, what,
                            gpuGetErrorString(e));
     }
     *have = need;
