@@ -1601,7 +1601,6 @@ done:
         METH_V(cuda_pseudo_quantize), METH_V(cuda_clip_search), METH_V(cuda_scale_cols),          \
         METH_V(cuda_sq_diff_sum), METH_V(cuda_scale_rows), METH_V(cuda_weight_mean),                \
         METH_V(cuda_clamp_groups), METH_V(cuda_quantize_gemm),
-#undef CUDA_CALL
 #else
 #define AWQ_CUDA_OPS_METHODS
 #endif /* AWQ_WITH_CUDA */
@@ -1806,6 +1805,176 @@ static PyObject *py_cuda_w4a16_plan(PyObject *self, PyObject *args, PyObject *kw
          METH_VARARGS | METH_KEYWORDS, cuda_w4a16_plan_doc},
 /* ---- end CUDA W4A16 ---- */
 
+/* ---- CUDA fused decoder ---- */
+/* Bindings of csrc/kernels/decoder_cuda.h. Weights come in as device pointers (Python ints) that
+ * the caller (awq/runtime/fused.py) keeps alive; the capsule keeps the CUDA context capsule alive. */
+#ifdef AWQ_WITH_CUDA
+#include "kernels/decoder_cuda.h"
+#define DEC_CAPSULE "awq.cuda_decoder"
+
+static void dec_capsule_free(PyObject *cap) {
+    awq_decoder *d = (awq_decoder *)PyCapsule_GetPointer(cap, DEC_CAPSULE);
+    PyObject *ctx = (PyObject *)PyCapsule_GetContext(cap);
+    if (d) awq_decoder_free(d);
+    Py_XDECREF(ctx);
+}
+
+static awq_decoder *dec_of(PyObject *obj) {
+    if (!PyCapsule_IsValid(obj, DEC_CAPSULE)) {
+        PyErr_SetString(PyExc_TypeError, "expected a cuda_decoder_new() capsule");
+        return NULL;
+    }
+    return (awq_decoder *)PyCapsule_GetPointer(obj, DEC_CAPSULE);
+}
+
+static int parse_dec_linear(PyObject *t, awq_dec_linear *l, const char *what) {
+    unsigned long long qw, qz, sc, bias;
+    long long K, N, g;
+    int sdt;
+    if (!PyTuple_Check(t) || !PyArg_ParseTuple(t, "KKKKLLLi", &qw, &qz, &sc, &bias, &K, &N, &g, &sdt)) {
+        PyErr_Format(PyExc_TypeError, "decoder %s: expected (qweight_rp, qzeros, scales, bias, K, N, g, s_dtype)",
+                     what);
+        return -1;
+    }
+    l->qweight_rp = PTR(qw);
+    l->qzeros = (const int32_t *)PTR(qz);
+    l->scales = PTR(sc);
+    l->bias = PTR(bias);
+    l->K = K;
+    l->N = N;
+    l->g = g;
+    l->s_dtype = sdt;
+    return 0;
+}
+
+PyDoc_STRVAR(cuda_decoder_new_doc,
+             "cuda_decoder_new(ctx, dt, (L, D, Hq, Hkv, hd, rot, F, V, window), eps, norm_offset,\n"
+             "                 (embed, final_norm, lm_head, inv_freq), layers) -> capsule.\n"
+             "layers: L tuples (in_norm, post_norm, q_norm, k_norm, qkv, o, gate_up, down), each linear a\n"
+             "tuple (qweight_rp, qzeros, scales, bias, K, N, g, s_dtype); pointers as ints (0 = none).");
+static PyObject *py_cuda_decoder_new(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *cap, *layers_obj, *res = NULL;
+    awq_dec_config c;
+    memset(&c, 0, sizeof c);
+    long long L, D, Hq, Hkv, hd, rot, F, V, window;
+    unsigned long long embed, fnorm, head, invf;
+    awq_dec_layer *layers = NULL;
+    awq_decoder *dec = NULL;
+    awq_err err = {{0}};
+    if (!PyArg_ParseTuple(args, "Oi(LLLLLLLLL)ff(KKKK)O:cuda_decoder_new", &cap, &c.dt, &L, &D, &Hq, &Hkv, &hd, &rot,
+                          &F, &V, &window, &c.eps, &c.norm_offset, &embed, &fnorm, &head, &invf, &layers_obj))
+        return NULL;
+    awq_cuda_ctx *ctx = ctx_of(cap);
+    if (!ctx) return NULL;
+    c.L = L, c.D = D, c.Hq = Hq, c.Hkv = Hkv, c.hd = hd, c.rot = rot, c.F = F, c.V = V, c.window = window;
+    c.embed = PTR(embed);
+    c.final_norm = (const float *)PTR(fnorm);
+    c.lm_head = PTR(head);
+    c.inv_freq = (const double *)PTR(invf);
+    if (!PyList_Check(layers_obj) || PyList_GET_SIZE(layers_obj) != L) {
+        PyErr_Format(PyExc_ValueError, "cuda_decoder_new: layers must be a list of %lld tuples", L);
+        return NULL;
+    }
+    layers = (awq_dec_layer *)PyMem_Calloc((size_t)(L > 0 ? L : 1), sizeof *layers);
+    if (!layers) return PyErr_NoMemory();
+    for (Py_ssize_t i = 0; i < (Py_ssize_t)L; i++) {
+        PyObject *t = PyList_GET_ITEM(layers_obj, i), *qkv, *o, *gu, *down;
+        unsigned long long inn, postn, qn, kn;
+        awq_dec_layer *l = layers + i;
+        if (!PyTuple_Check(t) || !PyArg_ParseTuple(t, "KKKKOOOO", &inn, &postn, &qn, &kn, &qkv, &o, &gu, &down)) {
+            PyErr_Format(PyExc_TypeError, "cuda_decoder_new: layer %zd is not (in_norm, post_norm, q_norm, k_norm, "
+                         "qkv, o, gate_up, down)", i);
+            goto done;
+        }
+        l->in_norm = (const float *)PTR(inn);
+        l->post_norm = (const float *)PTR(postn);
+        l->q_norm = (const float *)PTR(qn);
+        l->k_norm = (const float *)PTR(kn);
+        if (parse_dec_linear(qkv, &l->qkv, "q|k|v") || parse_dec_linear(o, &l->o, "o") ||
+            parse_dec_linear(gu, &l->gate_up, "gate|up") || parse_dec_linear(down, &l->down, "down"))
+            goto done;
+    }
+    CUDA_CALL(awq_decoder_new(ctx, &c, layers, &dec, &err));
+    res = PyCapsule_New(dec, DEC_CAPSULE, dec_capsule_free);
+    if (!res) {
+        awq_decoder_free(dec);
+        goto done;
+    }
+    Py_INCREF(cap);
+    PyCapsule_SetContext(res, cap);
+done:
+    PyMem_Free(layers);
+    return res;
+}
+
+PyDoc_STRVAR(cuda_decoder_state_doc,
+             "cuda_decoder_state(dec, batch, max_len, max_tokens): allocate the KV cache and workspaces.");
+static PyObject *py_cuda_decoder_state(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *cap, *res = NULL;
+    long long B, S, M;
+    awq_err err = {{0}};
+    if (!PyArg_ParseTuple(args, "OLLL:cuda_decoder_state", &cap, &B, &S, &M)) return NULL;
+    awq_decoder *d = dec_of(cap);
+    if (!d) return NULL;
+    CUDA_CALL(awq_decoder_state(d, B, S, M, &err));
+    res = PyLong_FromLongLong(awq_decoder_state_bytes(d));
+done:
+    return res;
+}
+
+PyDoc_STRVAR(cuda_decoder_forward_doc,
+             "cuda_decoder_forward(dec, row0, ids, pos0, logits, use_graph): ids int32 [B, T], pos0 int32\n"
+             "[B], logits float32 [B, V] (written): last-token logits of cache rows row0 .. row0+B-1.");
+static PyObject *py_cuda_decoder_forward(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *cap, *ids_o, *pos_o, *out_o, *res = NULL;
+    PyArrayObject *ids = NULL, *pos = NULL, *out = NULL;
+    long long row0;
+    int use_graph;
+    awq_err err = {{0}};
+    if (!PyArg_ParseTuple(args, "OLOOOp:cuda_decoder_forward", &cap, &row0, &ids_o, &pos_o, &out_o, &use_graph))
+        return NULL;
+    awq_decoder *d = dec_of(cap);
+    if (!d) return NULL;
+    ids = (PyArrayObject *)PyArray_FROMANY(ids_o, NPY_INT32, 2, 2, NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED);
+    pos = (PyArrayObject *)PyArray_FROMANY(pos_o, NPY_INT32, 1, 1, NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED);
+    if (!ids || !pos) goto done;
+    if (!PyArray_Check(out_o) || PyArray_TYPE((PyArrayObject *)out_o) != NPY_FLOAT32 ||
+        PyArray_NDIM((PyArrayObject *)out_o) != 2 || !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)out_o) ||
+        !PyArray_ISWRITEABLE((PyArrayObject *)out_o)) {
+        PyErr_SetString(PyExc_TypeError, "cuda_decoder_forward: logits must be a writable C-contiguous float32 [B, V]");
+        goto done;
+    }
+    out = (PyArrayObject *)out_o;
+    {
+        const npy_intp B = PyArray_DIM(ids, 0), T = PyArray_DIM(ids, 1);
+        if (PyArray_DIM(pos, 0) != B || PyArray_DIM(out, 0) != B) {
+            PyErr_Format(PyExc_ValueError, "cuda_decoder_forward: %zd sequences of ids, %zd positions, %zd logit rows",
+                         (Py_ssize_t)B, (Py_ssize_t)PyArray_DIM(pos, 0), (Py_ssize_t)PyArray_DIM(out, 0));
+            goto done;
+        }
+        CUDA_CALL(awq_decoder_forward(d, row0, B, T, (const int32_t *)PyArray_DATA(ids),
+                                      (const int32_t *)PyArray_DATA(pos), (float *)PyArray_DATA(out), use_graph,
+                                      &err));
+    }
+    Py_INCREF(Py_None);
+    res = Py_None;
+done:
+    Py_XDECREF(ids);
+    Py_XDECREF(pos);
+    return res;
+}
+
+#define AWQ_CUDA_DECODER_METHODS                                                                   \
+    METH_V(cuda_decoder_new), METH_V(cuda_decoder_state), METH_V(cuda_decoder_forward),
+#undef CUDA_CALL
+#else
+#define AWQ_CUDA_DECODER_METHODS
+#endif /* AWQ_WITH_CUDA */
+/* ---- end CUDA fused decoder ---- */
+
 /* ---------------------------------------------------------------- module */
 
 static PyMethodDef methods[] = {
@@ -1835,6 +2004,7 @@ static PyMethodDef methods[] = {
      clip_search_doc},
     AWQ_CUDA_OPS_METHODS /* ---- CUDA tensors and ops (methods) ---- */
     AWQ_CUDA_W4A16_METHODS /* ---- CUDA W4A16 (methods) ---- */
+    AWQ_CUDA_DECODER_METHODS /* ---- CUDA fused decoder (methods) ---- */
     /* AWQ_METHODS_END (keep: new entries go above this line) */
     {NULL, NULL, 0, NULL},
 };

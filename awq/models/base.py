@@ -21,7 +21,7 @@ from awq.runtime.model import DecoderLM
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja")
-IGNORED_FLAGS = {"fuse_layers": True, "use_exllama": False, "use_exllama_v2": False, "use_ipex": False,
+IGNORED_FLAGS = {"use_exllama": False, "use_exllama_v2": False, "use_ipex": False,
                  "batch_size": 1, "max_memory": None, "offload_folder": None, "low_cpu_mem_usage": True,
                  "use_cache": False, "torch_dtype": "auto", "trust_remote_code": True}
 
@@ -115,6 +115,8 @@ class BaseAWQForCausalLM:
         self.reports = []
         self._check_tensors()
         self._runtime: Optional[DecoderLM] = None
+        self.fuse_layers = True  # generate() on cuda through the fused runtime (awq/runtime/fused.py)
+        self._fused = None  # FusedGpuLM once built, False when the model cannot be fused
 
     # ---- construction ------------------------------------------------------------------------
     @classmethod
@@ -148,6 +150,7 @@ class BaseAWQForCausalLM:
         model._layers = [model._load_quantized_layer(i) for i in range(model.cfg.num_layers)]
         model.max_seq_len = max_seq_len
         model.run_device = device
+        model.fuse_layers = bool(fuse_layers)
         return model
 
     # ---- tensors -----------------------------------------------------------------------------
@@ -298,12 +301,35 @@ class BaseAWQForCausalLM:
         if eos_token_id is None:
             eos_token_id = gen.get("eos_token_id", self.config.get("eos_token_id"))
         do_sample = gen.get("do_sample", False) if do_sample is None else do_sample
-        return generate(self.runtime(), input_ids, max_new_tokens=max_new_tokens, do_sample=bool(do_sample),
+        attention_mask = kwargs.pop("attention_mask", None)
+        return generate(self.generation_runtime(), input_ids, max_new_tokens=max_new_tokens, do_sample=bool(do_sample),
                         temperature=gen.get("temperature", 1.0) if temperature is None else temperature,
                         top_k=gen.get("top_k", 0) if top_k is None else top_k,
                         top_p=gen.get("top_p", 1.0) if top_p is None else top_p,
                         seed=seed, eos_token_id=eos_token_id, streamer=streamer, callback=callback,
-                        max_seq_len=self.max_seq_len or self.cfg.max_position_embeddings)
+                        max_seq_len=self.max_seq_len or self.cfg.max_position_embeddings,
+                        attention_mask=attention_mask)
+
+    def generation_runtime(self):
+        """The fused GPU runtime (awq/runtime/fused.py) for a quantized model on cuda with
+        fuse_layers (the default); otherwise, or when the model has something the fused runtime
+        does not cover (printed once), the layer-by-layer runtime()."""
+        if not (self.is_quantized and self.fuse_layers and self.run_device.startswith("cuda")):
+            return self.runtime()
+        if self._fused is None:
+            from awq._backend import cuda_index
+            from awq.runtime.fused import FusedGpuLM, NotFusable
+
+            spec, ck = self.spec, self.ckpt
+            try:
+                head = ck.get(spec.lm_head) if spec.lm_head in ck else None
+                self._fused = FusedGpuLM(spec, self.cfg, ck.get(spec.embed), ck.dtype(spec.embed),
+                                         ck.get_float32(spec.final_norm), head,
+                                         [_runtime_modules(l) for l in self._layers], cuda_index(self.run_device))
+            except NotFusable as e:
+                print(f"awq: fused runtime not used ({e}); running layer by layer", flush=True)
+                self._fused = False
+        return self._fused or self.runtime()
 
     def generation_config(self) -> dict:
         p = os.path.join(self.model_path, "generation_config.json")
@@ -332,6 +358,7 @@ class BaseAWQForCausalLM:
         self.quant_config = qc
         self.is_quantized = not export_compatible
         self._runtime = None
+        self._fused = None
         return self
 
     def pack(self):
