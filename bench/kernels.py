@@ -3,15 +3,17 @@
 Run on a GPU machine:  python3 bench/kernels.py [--out DIR] [--sweep] [--shapes 4096x4096,...]
 
 For each K x N layer (group size 128) and M tokens: microseconds per call of our kernel (auto path;
-per-path numbers for M = 1, 16, 64, 256), of torch's fp16 x @ W^T (cuBLAS) in the same process, the
+per-path numbers for M = 1, 4, 16, 64, 256), of torch's fp16 x @ W^T (cuBLAS) in the same process, the
 ratio fp16 / ours, and the bandwidth floor: the int4 layer's bytes (codes + fp16 scales + packed
 zeros) over the device-to-device copy bandwidth measured here (bytes read + written per second),
 as a percentage of our time. Timing: N_CALLS calls captured in one CUDA graph, each call on the next
 of several copies of the weights (together > 5x the L2, so every call reads its weights from DRAM),
 replayed REPLAYS times; the median replay over N_CALLS. Inputs are random (never zeros).
---sweep also times kernel configurations (wn, blocks, stages, tm) of the mma / gemv paths for M = 1/16/64/256
-and prints the best, which is how the heuristic in w4a16.cu was set. --profile makes one call of each
-PROFILE_CASES entry, for `ncu -k regex:gemm ... python3 bench/kernels.py --profile`.
+--sweep also times kernel configurations (wn, blocks, stages, tm) of the mma / gemv paths for M = 1/4/16/64/256
+and prints the best, which is how the heuristic in w4a16.cu was set. For gemv the fields mean: warps per
+block; grid (32-feature column slices x K splits, rounded up to whole splits; 1 = no split); 64-k chunks
+per warp and round (2, 4, 8); engine (1 mma.sync, 2 CUDA-core FMA). --profile makes one call of each
+PROFILE_CASES entry, for `ncu -k regex:"gemm|gemv" ... python3 bench/kernels.py --profile`.
 
 Notes (H100 80GB HBM3, copy bandwidth 2.99 TB/s; fp16 cuBLAS GEMV at 8192 x 28672 reads 2.9 TB/s):
 - v1, tile-major layout, weights global -> register ring, x from L1/L2: M=1 62.9-69 us at
@@ -39,7 +41,7 @@ import awq._awq_C as C  # noqa: E402
 
 SHAPES = [(4096, 4096), (4096, 12288), (4096, 22016), (11008, 4096), (8192, 28672), (28672, 8192)]
 MS = [1, 4, 16, 64, 256, 1024, 4096]
-PATH_MS = (1, 16, 64, 256)  # rows that also get per-path numbers
+PATH_MS = (1, 4, 16, 64, 256)  # rows that also get per-path numbers
 G = 128
 ROTATE_BYTES = 300 << 20  # weights cycled per graph: > 5x the 50-60 MB L2
 N_CALLS = 24
@@ -134,14 +136,18 @@ class Layer:
 
 def sweep_configs(path, M, sms):
     """(wn, blocks, stages, tm) tried by --sweep; blocks as multiples of the SM count."""
-    if path == "gemv":
-        return [(4, k * sms, 3, 1) for k in (2, 4)]
+    if path == "gemv":  # blocks 0: the heuristic's K split; 1: none
+        return [(wn, b, st, 1) for wn in (2, 4, 8) for st in (2, 4, 8) for b in (0, 1, 2 * sms, 4 * sms, 8 * sms)] + [
+            (0, 0, 0, 2)]
     if M <= 16:
         return [(wn, k * sms, st, 0) for wn in (2, 4) for k in (1, 2, 3, 4, 6) for st in (3, 4)]
     return [(wn, k * sms, st, tm) for tm in (4, 8) for wn in (2, 4) for k in (1, 2, 3) for st in (3, 4)]
 
 
-PROFILE_CASES = [  # (K, N, M, path, config): one eager call each, for `ncu -k regex:gemm` (--profile)
+PROFILE_CASES = [  # (K, N, M, path, config): one eager call each, for `ncu -k regex:"gemm|gemv"` (--profile)
+    (4096, 4096, 1, "gemv", None),
+    (8192, 28672, 1, "gemv", None),
+    (8192, 28672, 4, "gemv", None),
     (28672, 8192, 1, "mma", None),
     (8192, 28672, 1, "mma", None),
     (8192, 28672, 16, "mma", None),
@@ -204,7 +210,7 @@ def main():
             print(f"{K:>6}x{N:<6} M={M:<5} fp16 {t16:9.1f} us  ours {tauto:9.1f} us  x{t16 / tauto:5.2f}  "
                   f"floor {100 * floor_us / tauto:5.1f}%  [{plan['path']} {plan['wn']},{plan['blocks']},{plan['stages']},"
                   f"{plan['tm']}] {extra}", flush=True)
-            if args.sweep and M in (1, 16, 64, 256):
+            if args.sweep and M in (1, 4, 16, 64, 256):
                 best = None
                 for path in ("mma", "gemv"):
                     if path == "gemv" and M > 8:

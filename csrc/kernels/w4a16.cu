@@ -4,13 +4,12 @@
  *
  * ---- Why these kernels -------------------------------------------------------------------------
  * Up to M ~ 64 the product is bound by the bytes of W (0.52 B per weight at g = 128): the kernel is
- * a stream. A block of wn warps owns 64 * wn output features and a range of K; 64-k chunks of its
- * weights, the matching rows of x, scales and zeros go through a several-stage cp.async pipeline in
- * shared memory (no registers held by loads in flight, one barrier per chunk). Each weight byte is
+ * a stream. MMA path (k_gemm): a block of wn warps owns 64 * wn output features and a range of K;
+ * 64-k chunks of its weights, the matching rows of x, scales and zeros go through a several-stage
+ * cp.async pipeline in shared memory (no registers held by loads in flight, one barrier per chunk). Each weight byte is
  * read once and decoded in registers by the one warp that uses it. The tensor cores run "swapped":
  * W^T is the 16 x 16 A operand of mma.m16n8k16 and up to 8 tokens are the columns of B, so small M
- * wastes only idle tensor-core slots, and accumulation is fp32 for free. The GEMV path is the same
- * pipeline with CUDA-core fp32 FMAs and a warp-shuffle reduction (M <= 8), kept for comparison.
+ * wastes only idle tensor-core slots, and accumulation is fp32 for free.
  * Work is scheduled stream-K: (tile, chunk) units cut into equal ranges, one per resident block,
  * so every SM streams to the end on any shape; tiles split between blocks are summed from a
  * workspace by the last block in a fixed order (deterministic). Blocks that share a weight slice
@@ -18,6 +17,40 @@
  * For large M the product is bound by tensor-core math and mma.sync cannot match cuBLAS's wgmma on
  * Hopper; there the weight is dequantized in column slabs to the activation dtype and multiplied
  * with cuBLAS (fp32 accumulation).
+ *
+ * ---- The decode GEMV kernel (path GEMV, M <= 8) ------------------------------------------------
+ * At decode sizes nothing is reused from shared memory and the layer is a stream of weight bytes:
+ * what counts is bytes in flight, SM instructions per byte and a short fill / tail (a 4096 x 4096
+ * layer is 8.7 MB: under 3 us of DRAM time on an H100). k_gemv has no cp.async pipeline and no
+ * stream-K. A warp owns a column slice of 2 n-tiles (32 features) and a set of 64-k chunks, and works
+ * in rounds: all loads of a round first (UK chunks x 2 tiles: 2 UK independent 16-byte
+ * ld.global.nc per lane, 8 at UK = 4, the default, bypassing L1; the pieces' scales, zero words and
+ * x fragments, which hit L1 / L2), then the decode and the dot products. Each weight load of a warp
+ * is one 512-byte tile and the two tiles of a chunk are adjacent (1 KB contiguous); the block's warps
+ * take interleaved chunks of the block's range, so a block reads neighbouring chunk rows.
+ * Dot products: on NVIDIA with the tensor cores, exactly as the MMA path (engine 1): the lane piece
+ * decodes (F16 / BF16 dequant) straight into the A fragments of four m16n8k16 mma, B holds the
+ * tokens (lane (gq, tq) loads x[token gq][64 kc + 16 tq .. + 15], 32 bytes, zero for gq >= M).
+ * Per 16-byte piece that is 52 decode instructions + 4 mma for any M <= 8 (the whole round loop:
+ * ~85 SASS instructions per piece, fp16, sm_90, UK = 4; loads are unconditional from clamped valid
+ * addresses and the group index advances without divisions). CUDA-core fp32 FMAs
+ * (engine 2, the only one without PTX) add 32 half -> float conversions + 32 M FMAs per piece: about
+ * 2.2x the instructions at M = 1 and 4x at M = 4, while an H100 SM must retire a 512-byte tile every
+ * ~40 cycles to keep up with DRAM; the FMA engine is kept for portability and comparison.
+ * Reduction, deterministic: a warp sums its chunks in order (FMA engine: then a fixed shuffle sum over
+ * the four k-lanes tq); the block's warps add their 32 x M sums through shared memory in warp order;
+ * when the layer has too few column slices to fill the chip, S blocks per slice split K (context
+ * workspace: each writes its sums to slot (slice, s); the last block of the slice to finish, found
+ * with an atomic counter that it resets to zero for the next call or graph replay, adds the S slots
+ * in slot order). y (+ bias) is rounded once. Without a context S = 1 (no workspace).
+ * Launch (plan_gemv): 4 warps per block (8 without a context), UK = 4, and S the largest number of
+ * splits for which the grid (slices x S) still fits on the chip at once (occupancy x SMs), but every
+ * warp at least one full round. Bigger layers (more slices than resident blocks) run S = 1 in
+ * several waves: each wave still keeps far more than the ~3 MB needed in flight.
+ * awq_w4a16_cfg on this path: wn warps per block (1, 2, 4, 8), blocks the grid (slices x S; a given
+ * value is rounded up to whole splits per slice, at most one chunk per split), stages the chunks per
+ * warp and round UK (2, 4, 8), tm the engine (1 mma, 2 FMA). The 32-bit chunk-row stride limits this
+ * path to N < 2^27.
  *
  * ---- The repacked layout "RP16x64" -------------------------------------------------------------
  * Made once at load time from the checkpoint's qweight [K, N/8] (awq_cuda_w4a16_repack). W is cut
@@ -77,6 +110,16 @@
 #define BLAS_WS_BYTES (32u << 20)
 #define SLAB_MAX_BYTES (256ull << 20) /* dequantized-weight slab of the cuBLAS path */
 #define GEMV_MAX_M 8
+/* AUTO takes the GEMV path for M <= GEMV_AUTO_MAX_M (0: never, until measured on the GPU). */
+#define GEMV_AUTO_MAX_M 0
+#if GEMV_AUTO_MAX_M > GEMV_MAX_M
+#error "GEMV_AUTO_MAX_M must not exceed GEMV_MAX_M"
+#endif
+/* GEMV heuristic: warps per block (4 with a context, 8 without: then there is no K split across
+ * blocks) and chunks per warp and round (2 x GEMV_UK weight loads of 16 bytes in flight per thread). */
+#define GEMV_WN 4
+#define GEMV_WN_NOCTX 8
+#define GEMV_UK 4
 /* AUTO: tensor-core stream below this M, dequantize + cuBLAS from it (when a context is given).
  * H100 (bench/kernels.py): at M = 256 cuBLAS wins on all six benchmark layers (8192 x 28672: 410
  * vs 456 us; 4096 x 4096: 33 vs 59 us); at M = 64 the stream wins except on 4096 x 4096. */
@@ -139,7 +182,7 @@ struct F16 {
             : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
             : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 #else
-        __trap(); /* never launched: auto_path and awq_cuda_w4a16 refuse MODE_MMA */
+        __trap(); /* never launched: the MMA path and the gemv mma engine are refused without PTX */
 #endif
     }
     static __device__ __forceinline__ float2 f2(uint32_t v) { return __half22float2(h(v)); }
@@ -183,7 +226,7 @@ struct BF16 {
             : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
             : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 #else
-        __trap(); /* never launched: auto_path and awq_cuda_w4a16 refuse MODE_MMA */
+        __trap(); /* never launched: the MMA path and the gemv mma engine are refused without PTX */
 #endif
     }
     static __device__ __forceinline__ float2 f2(uint32_t v) { return __bfloat1622float2(h(v)); }
@@ -247,7 +290,6 @@ struct GemmParams {
     int scvt;     /* bf16 activations with fp16 scales */
 };
 
-enum { MODE_MMA = 0, MODE_FMA = 1 };
 #define NTG 4          /* n-tiles (16 features) per warp: 64 features */
 #define MAX_STAGES 8   /* cp.async pipeline depth (chunks of 64 k in shared memory) */
 #define XS 144         /* bytes per x row in shared memory: 128 + 16 (conflict-free 16-byte fragment loads) */
@@ -274,9 +316,8 @@ __device__ __forceinline__ int block_of(int64_t u, int64_t U, int64_t B) { retur
  * boundary, writes y if it covered the whole tile, else its partial tile into a slot; the last block
  * of a tile to finish adds the slots in slot order (deterministic) and writes y.
  * The warps of a block sit side by side along N (64 features each) and share the x rows.
- * acc[tm][j][0..3] is the mma C fragment: (feature f0, token 2tq), (f0, 2tq+1), (f1, 2tq), (f1, 2tq+1).
- * MODE_FMA (the GEMV path, M <= 8): the same pipeline, CUDA-core fp32 FMAs instead of the mma. */
-template <class AT, int MODE, int TM>
+ * acc[tm][j][0..3] is the mma C fragment: (feature f0, token 2tq), (f0, 2tq+1), (f1, 2tq), (f1, 2tq+1). */
+template <class AT, int TM>
 __global__ void __launch_bounds__(256) k_gemm(const GemmParams p) {
     extern __shared__ __align__(16) unsigned char smem[];
     __shared__ int is_last;
@@ -335,18 +376,9 @@ __global__ void __launch_bounds__(256) k_gemm(const GemmParams p) {
         for (int j = 0; j < NTG; j++)
 #pragma unroll
             for (int r = 0; r < 4; r++) acc[tm][j][r] = 0.f;
-    float accf[NTG][2][8]; /* FMA mode: [j][feature f0 / f1][token] */
-    if (MODE == MODE_FMA) {
-#pragma unroll
-        for (int j = 0; j < NTG; j++)
-#pragma unroll
-            for (int f = 0; f < 2; f++)
-#pragma unroll
-                for (int m = 0; m < 8; m++) accf[j][f][m] = 0.f;
-    }
 
     const int srd = p.srows == 1 ? 0 : tq; /* the scale / zero row this lane reads */
-    auto compute = [&](int slot, int M) {
+    auto compute = [&](int slot) {
         const unsigned char *st = smem + (size_t)slot * SB;
         DQ dq[NTG];
 #pragma unroll
@@ -356,66 +388,22 @@ __global__ void __launch_bounds__(256) k_gemm(const GemmParams p) {
             const uint32_t zw = *reinterpret_cast<const uint32_t *>(st + zoff + srd * ZS + (fl >> 3) * 4);
             dq[j] = AT::consts(s2, zw, gq & 3, p.scvt);
         }
-        if (MODE == MODE_MMA) {
 #pragma unroll
-            for (int h = 0; h < 2; h++) { /* mma k-steps 2h, 2h+1: lane k 16tq + 8h .. + 7 */
-                uint32_t A[NTG][2][4];
-#pragma unroll
-                for (int j = 0; j < NTG; j++) {
-                    const uint2 w2 = *reinterpret_cast<const uint2 *>(st + ((win * NTG + j) * 32 + lane) * 16 + 8 * h);
-                    AT::dequant(w2.x, dq[j], A[j][0]);
-                    AT::dequant(w2.y, dq[j], A[j][1]);
-                }
-#pragma unroll
-                for (int tm = 0; tm < TM; tm++) {
-                    const uint4 b = *reinterpret_cast<const uint4 *>(st + xoff + (8 * tm + gq) * XS + 32 * tq + 16 * h);
-#pragma unroll
-                    for (int j = 0; j < NTG; j++) {
-                        AT::mma(acc[tm][j], A[j][0], b.x, b.y);
-                        AT::mma(acc[tm][j], A[j][1], b.z, b.w);
-                    }
-                }
-            }
-        } else {
+        for (int h = 0; h < 2; h++) { /* mma k-steps 2h, 2h+1: lane k 16tq + 8h .. + 7 */
+            uint32_t A[NTG][2][4];
 #pragma unroll
             for (int j = 0; j < NTG; j++) {
-                float Af[4][8]; /* [st][a0.x a0.y a1.x a1.y a2.x a2.y a3.x a3.y] */
-                const uint4 wv = *reinterpret_cast<const uint4 *>(st + ((win * NTG + j) * 32 + lane) * 16);
-                const uint32_t w4[4] = {wv.x, wv.y, wv.z, wv.w};
+                const uint2 w2 = *reinterpret_cast<const uint2 *>(st + ((win * NTG + j) * 32 + lane) * 16 + 8 * h);
+                AT::dequant(w2.x, dq[j], A[j][0]);
+                AT::dequant(w2.y, dq[j], A[j][1]);
+            }
 #pragma unroll
-                for (int s4 = 0; s4 < 4; s4++) {
-                    uint32_t a[4];
-                    AT::dequant(w4[s4], dq[j], a);
+            for (int tm = 0; tm < TM; tm++) {
+                const uint4 b = *reinterpret_cast<const uint4 *>(st + xoff + (8 * tm + gq) * XS + 32 * tq + 16 * h);
 #pragma unroll
-                    for (int r = 0; r < 4; r++) {
-                        const float2 v = AT::f2(a[r]);
-                        Af[s4][2 * r] = v.x;
-                        Af[s4][2 * r + 1] = v.y;
-                    }
-                }
-#pragma unroll
-                for (int m = 0; m < 8; m++) {
-                    if (m < M) {
-                        const uint4 *xp = reinterpret_cast<const uint4 *>(st + xoff + m * XS + 32 * tq);
-                        const uint4 xa = xp[0], xb = xp[1];
-                        const uint32_t xw[8] = {xa.x, xa.y, xa.z, xa.w, xb.x, xb.y, xb.z, xb.w};
-#pragma unroll
-                        for (int s4 = 0; s4 < 4; s4++) {
-                            const float2 x01 = AT::f2(xw[2 * s4]), x23 = AT::f2(xw[2 * s4 + 1]);
-                            const float *a = Af[s4]; /* a0 (f0; k, k+1) a1 (f1; k, k+1) a2 (f0; k+2, k+3) a3 (f1) */
-                            float v0 = accf[j][0][m], v1 = accf[j][1][m];
-                            v0 = fmaf(a[0], x01.x, v0);
-                            v0 = fmaf(a[1], x01.y, v0);
-                            v0 = fmaf(a[4], x23.x, v0);
-                            v0 = fmaf(a[5], x23.y, v0);
-                            v1 = fmaf(a[2], x01.x, v1);
-                            v1 = fmaf(a[3], x01.y, v1);
-                            v1 = fmaf(a[6], x23.x, v1);
-                            v1 = fmaf(a[7], x23.y, v1);
-                            accf[j][0][m] = v0;
-                            accf[j][1][m] = v1;
-                        }
-                    }
+                for (int j = 0; j < NTG; j++) {
+                    AT::mma(acc[tm][j], A[j][0], b.x, b.y);
+                    AT::mma(acc[tm][j], A[j][1], b.z, b.w);
                 }
             }
         }
@@ -423,35 +411,6 @@ __global__ void __launch_bounds__(256) k_gemm(const GemmParams p) {
 
     /* end of a tile's run in this block: y directly, or a partial slot and the ordered fix-up */
     auto flush = [&](int tile, bool whole) {
-        if (MODE == MODE_FMA) {
-            /* sum the four k-lanes (tq) of each feature, then keep the C-fragment tokens 2tq, 2tq+1 */
-#pragma unroll
-            for (int j = 0; j < NTG; j++)
-#pragma unroll
-                for (int f = 0; f < 2; f++)
-#pragma unroll
-                    for (int m = 0; m < 8; m++) {
-                        float v = accf[j][f][m];
-                        v += GPU_SHFL_XOR(v, 1);
-                        v += GPU_SHFL_XOR(v, 2);
-                        accf[j][f][m] = v;
-                    }
-#pragma unroll
-            for (int j = 0; j < NTG; j++) {
-#pragma unroll
-                for (int q = 0; q < 4; q++)
-                    if (tq == q) {
-                        acc[0][j][0] = accf[j][0][2 * q];
-                        acc[0][j][1] = accf[j][0][2 * q + 1];
-                        acc[0][j][2] = accf[j][1][2 * q];
-                        acc[0][j][3] = accf[j][1][2 * q + 1];
-                    }
-#pragma unroll
-                for (int f = 0; f < 2; f++)
-#pragma unroll
-                    for (int m = 0; m < 8; m++) accf[j][f][m] = 0.f;
-            }
-        }
         const int slice = tile / p.MB, mb = tile - slice * p.MB;
         const int m0 = mb * BM, n0 = slice * BN;
         if (!whole) {
@@ -558,7 +517,7 @@ __global__ void __launch_bounds__(256) k_gemm(const GemmParams p) {
         const int un = u + NS - 1;
         if (un < u1) load(slot == 0 ? NS - 1 : slot - 1);
         cp_commit();
-        compute(slot, p.M);
+        compute(slot);
         slot = slot + 1 == NS ? 0 : slot + 1;
         const int c = u - tile * KC;
         if (c == KC - 1 || u == u1 - 1) {
@@ -568,6 +527,268 @@ __global__ void __launch_bounds__(256) k_gemm(const GemmParams p) {
         }
     }
     cp_wait<0>();
+}
+
+/* ================================================================ the decode GEMV kernel (M <= 8) */
+
+/* Weight stream: 16 bytes straight into registers through the read-only path, not kept in L1
+ * (x, scales and zeros are what L1 should hold). */
+__device__ __forceinline__ uint4 ld_stream(const uint4 *p) {
+#if AWQ_GPU_PTX
+    uint4 r;
+    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+        : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+        : "l"(p));
+    return r;
+#else
+    return *p;
+#endif
+}
+/* base + idx * stride bytes: one 32 x 32 -> 64-bit multiply-add (IMAD.WIDE.U32). */
+template <class T> __device__ __forceinline__ const T *byte_at(const T *base, unsigned idx, unsigned stride) {
+    return reinterpret_cast<const T *>(reinterpret_cast<const char *>(base) + (size_t)idx * stride);
+}
+/* Small read-only operands (x, scales, zeros): cached in L1, shared by the block's warps. */
+template <class T> __device__ __forceinline__ T ld_ro(const T *p) {
+#if AWQ_GPU_PTX
+    return __ldg(p);
+#else
+    return *p;
+#endif
+}
+
+struct GemvParams {
+    const uint16_t *x;    /* [M, K] */
+    const uint4 *qw;      /* repacked: [KC][NT][32 lanes] x 16 B */
+    const uint32_t *qz;   /* [G, N/8] */
+    const uint16_t *sc;   /* [G, N] */
+    const uint16_t *bias; /* [N] or NULL */
+    uint16_t *y;          /* [M, N] */
+    float *part;          /* [slices][S][M][32] block partials (S > 1) */
+    int *cnt;             /* [slices] completion counters, zero between calls (S > 1) */
+    int M, K, N, g, gshift, KC, NT;
+    int slices;           /* column slices of GEMV_NTW n-tiles (32 features) */
+    int S;                /* K splits: blocks per slice; the grid is slices * S */
+    int scvt;             /* bf16 activations with fp16 scales */
+};
+
+enum { ENG_MMA = 1, ENG_FMA = 2 }; /* dot-product engine of k_gemv (cfg.tm of the GEMV path) */
+#define GEMV_NTW 2                 /* n-tiles per warp: a warp's column slice is 32 features */
+#define GEMV_MAX_WARPS 8
+
+/* One block: column slice `slice` (n-tiles 2 slice, 2 slice + 1) x the chunks [kb0, kb1) of K split
+ * s; its wn warps take the chunks kb0 + w, kb0 + w + wn, ... (interleaved, so the block's warps read
+ * neighbouring chunk rows). A warp works in rounds of UK chunks: first every load of the round
+ * (2 UK weight pieces of 16 bytes per lane, their scales and zero words, and for the mma engine the
+ * x fragments), all independent and in flight together, then the decode and the dot products.
+ * ENG_MMA: per chunk and n-tile, four m16n8k16 mma (W^T as A, the up to 8 tokens as the columns of
+ * B: lane (gq, tq) holds x[token gq][64 kc + 16 tq .. + 15], zero for gq >= M); acc[j] is the C
+ * fragment. ENG_FMA: the dequantized weights go to fp32 and meet x in fp32 FMAs (x read per token
+ * from L1), then a shuffle sum over the four k-lanes tq.
+ * End: the warps' 32 x M sums go through shared memory and are added in warp order; with S == 1
+ * that is y, else the block writes its slot and the last block of the slice (atomic counter, reset
+ * by that block) adds the S slots in slot order: the result is independent of timing. */
+template <class AT, int ENG, int UK>
+__global__ void __launch_bounds__(32 * GEMV_MAX_WARPS) k_gemv(const GemvParams p) {
+    __shared__ float red[GEMV_MAX_WARPS][8][32]; /* [warp][token][feature in the slice] */
+    __shared__ int is_last;
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, wn = blockDim.x >> 5;
+    const int gq = lane >> 2, tq = lane & 3;
+    const int K = p.K, N = p.N, M = p.M, g = p.g, gshift = p.gshift;
+    const int slice = blockIdx.x % p.slices, s = blockIdx.x / p.slices;
+    const int kb0 = (int)((int64_t)p.KC * s / p.S), kb1 = (int)((int64_t)p.KC * (s + 1) / p.S);
+    const int nt0 = slice * GEMV_NTW;
+    /* Every load of the loop is unconditional from a valid address (x excepted): a missing n-tile
+     * (odd NT) reads the last one, features >= N read feature N - 2's scale and zero, k >= K reads
+     * the last group; all of that only feeds C rows of features >= N, which are never stored
+     * (rows of a product are independent), or meets x = 0 (k >= K) with a finite weight. */
+    const uint4 *wb[GEMV_NTW];
+    const uint16_t *sb[GEMV_NTW];
+    const uint32_t *zb[GEMV_NTW];
+#pragma unroll
+    for (int j = 0; j < GEMV_NTW; j++) {
+        const int nt = min(nt0 + j, p.NT - 1), nf = min((nt0 + j) * 16 + 2 * gq, N - 2);
+        wb[j] = p.qw + (size_t)nt * 32 + lane;
+        sb[j] = p.sc + nf;
+        zb[j] = p.qz + (nf >> 3);
+    }
+    /* bytes per chunk row of the repacked weight (< 2^32: plan_gemv), per scale row, per qzeros row */
+    const unsigned cbytes = (unsigned)p.NT * 512u, sbytes = 2u * (unsigned)N, zbytes = (unsigned)N >> 1;
+    const bool xrow = gq < M;                                               /* this lane's B column is a token */
+    const uint16_t *xr = p.x + (size_t)(xrow ? gq : 0) * K;
+    /* chunk i of each round: lane k = kk[i], group gi[i] = kk / g, gr[i] = kk % g, advanced by D = 64 wn UK
+     * per round without a division */
+    const int D = 64 * wn * UK;
+    const int dq = gshift >= 0 ? D >> gshift : D / g, dr = D - dq * g;
+    int kk[UK], gi[UK], gr[UK];
+#pragma unroll
+    for (int i = 0; i < UK; i++) {
+        kk[i] = 64 * (kb0 + w + i * wn) + 16 * tq;
+        gi[i] = gshift >= 0 ? kk[i] >> gshift : kk[i] / g;
+        gr[i] = kk[i] - gi[i] * g;
+    }
+    float acc[GEMV_NTW][4];     /* ENG_MMA: C fragment (f0, 2tq), (f0, 2tq+1), (f1, 2tq), (f1, 2tq+1) */
+    float accf[GEMV_NTW][2][8]; /* ENG_FMA: [j][f0 / f1][token], this lane's k only */
+#pragma unroll
+    for (int j = 0; j < GEMV_NTW; j++) {
+#pragma unroll
+        for (int r = 0; r < 4; r++) acc[j][r] = 0.f;
+#pragma unroll
+        for (int f = 0; f < 2; f++)
+#pragma unroll
+            for (int m = 0; m < 8; m++) accf[j][f][m] = 0.f;
+    }
+    const uint4 zero4 = make_uint4(0u, 0u, 0u, 0u);
+    const int gmax = K / g - 1;
+
+    for (int kc0 = kb0 + w; kc0 < kb1; kc0 += D >> 6) {
+        uint4 wv[UK][GEMV_NTW], xa[UK], xb[UK];
+        uint32_t s2[UK][GEMV_NTW], zw[UK][GEMV_NTW];
+#pragma unroll
+        for (int i = 0; i < UK; i++) {
+            const unsigned kc = (unsigned)min(kc0 + i * wn, kb1 - 1); /* past the range (last round): a repeat */
+            const unsigned gc = (unsigned)min(gi[i], gmax);
+#pragma unroll
+            for (int j = 0; j < GEMV_NTW; j++) {
+                wv[i][j] = ld_stream(byte_at(wb[j], kc, cbytes));
+                s2[i][j] = ld_ro(reinterpret_cast<const uint32_t *>(byte_at(sb[j], gc, sbytes)));
+                zw[i][j] = ld_ro(byte_at(zb[j], gc, zbytes));
+            }
+            if (ENG == ENG_MMA) {
+                const bool xv = xrow && kk[i] < K;
+                const uint4 *xp = reinterpret_cast<const uint4 *>(byte_at(xr, xv ? kk[i] : 0, 2u));
+                xa[i] = xv ? ld_ro(xp) : zero4;
+                xb[i] = xv ? ld_ro(xp + 1) : zero4;
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < UK; i++) {
+            if (kc0 + i * wn >= kb1) break; /* warp-uniform: the rest of the round is past the block's range */
+#pragma unroll
+            for (int j = 0; j < GEMV_NTW; j++) {
+                const DQ d = AT::consts(s2[i][j], zw[i][j], gq & 3, p.scvt);
+                if (ENG == ENG_MMA) {
+                    uint32_t a[4];
+                    AT::dequant(wv[i][j].x, d, a);
+                    AT::mma(acc[j], a, xa[i].x, xa[i].y);
+                    AT::dequant(wv[i][j].y, d, a);
+                    AT::mma(acc[j], a, xa[i].z, xa[i].w);
+                    AT::dequant(wv[i][j].z, d, a);
+                    AT::mma(acc[j], a, xb[i].x, xb[i].y);
+                    AT::dequant(wv[i][j].w, d, a);
+                    AT::mma(acc[j], a, xb[i].z, xb[i].w);
+                } else {
+                    /* wf[st]: a0 (f0; k, k+1) a1 (f1; k, k+1) a2 (f0; k+2, k+3) a3 (f1; k+2, k+3) as floats,
+                     * k = kk[i] + 4 st */
+                    float wf[4][8];
+                    const uint32_t w4[4] = {wv[i][j].x, wv[i][j].y, wv[i][j].z, wv[i][j].w};
+#pragma unroll
+                    for (int st = 0; st < 4; st++) {
+                        uint32_t a[4];
+                        AT::dequant(w4[st], d, a);
+#pragma unroll
+                        for (int r = 0; r < 4; r++) {
+                            const float2 v = AT::f2(a[r]);
+                            wf[st][2 * r] = v.x;
+                            wf[st][2 * r + 1] = v.y;
+                        }
+                    }
+                    const bool kv = kk[i] < K;
+#pragma unroll
+                    for (int m = 0; m < 8; m++) {
+                        if (m >= M) break;
+                        const uint4 *xp = reinterpret_cast<const uint4 *>(p.x + (kv ? (size_t)m * K + kk[i] : 0));
+                        const uint4 x0 = kv ? ld_ro(xp) : zero4, x1 = kv ? ld_ro(xp + 1) : zero4;
+                        const uint32_t xw[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
+                        float v0 = accf[j][0][m], v1 = accf[j][1][m];
+#pragma unroll
+                        for (int st = 0; st < 4; st++) {
+                            const float2 x01 = AT::f2(xw[2 * st]), x23 = AT::f2(xw[2 * st + 1]);
+                            const float *a = wf[st];
+                            v0 = fmaf(a[0], x01.x, v0);
+                            v0 = fmaf(a[1], x01.y, v0);
+                            v0 = fmaf(a[4], x23.x, v0);
+                            v0 = fmaf(a[5], x23.y, v0);
+                            v1 = fmaf(a[2], x01.x, v1);
+                            v1 = fmaf(a[3], x01.y, v1);
+                            v1 = fmaf(a[6], x23.x, v1);
+                            v1 = fmaf(a[7], x23.y, v1);
+                        }
+                        accf[j][0][m] = v0;
+                        accf[j][1][m] = v1;
+                    }
+                }
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < UK; i++) {
+            kk[i] += D;
+            gi[i] += dq;
+            gr[i] += dr;
+            if (gr[i] >= g) {
+                gr[i] -= g;
+                gi[i]++;
+            }
+        }
+    }
+
+    /* the warp's sums -> red[w][token][16 j + 2 gq + (0, 1)] */
+#pragma unroll
+    for (int j = 0; j < GEMV_NTW; j++) {
+        const int fl = 16 * j + 2 * gq;
+        if (ENG == ENG_MMA) {
+            red[w][2 * tq][fl] = acc[j][0];
+            red[w][2 * tq + 1][fl] = acc[j][1];
+            red[w][2 * tq][fl + 1] = acc[j][2];
+            red[w][2 * tq + 1][fl + 1] = acc[j][3];
+        } else {
+#pragma unroll
+            for (int f = 0; f < 2; f++)
+#pragma unroll
+                for (int m = 0; m < 8; m++) {
+                    if (m >= M) break; /* warp-uniform: the shuffles see every lane */
+                    float v = accf[j][f][m];
+                    v += GPU_SHFL_XOR(v, 1);
+                    v += GPU_SHFL_XOR(v, 2);
+                    if ((m >> 1) == tq) red[w][m][fl + f] = v;
+                }
+        }
+    }
+    __syncthreads();
+
+    /* outputs o = 32 * token + feature of the slice, in warp order */
+    const int nout = 32 * M, n0 = 32 * slice;
+    auto store = [&](int o, float v) {
+        const int t = o >> 5, n = n0 + (o & 31);
+        if (n >= N) return;
+        if (p.bias) v += AT::f1(p.bias[n]);
+        p.y[(size_t)t * N + n] = (uint16_t)(AT::pack(v, 0.f) & 0xffffu);
+    };
+    for (int o = threadIdx.x; o < nout; o += blockDim.x) {
+        float v = red[0][o >> 5][o & 31];
+        for (int q = 1; q < wn; q++) v += red[q][o >> 5][o & 31];
+        if (p.S == 1)
+            store(o, v);
+        else
+            p.part[((size_t)slice * p.S + s) * nout + o] = v;
+    }
+    if (p.S == 1) return;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        const int old = atomicAdd(p.cnt + slice, 1);
+        is_last = old == p.S - 1;
+        if (is_last) p.cnt[slice] = 0; /* every block of the slice has counted: ready for the next call */
+    }
+    __syncthreads();
+    if (!is_last) return;
+    __threadfence();
+    const float *slots = p.part + (size_t)slice * p.S * nout;
+    for (int o = threadIdx.x; o < nout; o += blockDim.x) {
+        float v = __ldcg(slots + o);
+        for (int q = 1; q < p.S; q++) v += __ldcg(slots + (size_t)q * nout + o);
+        store(o, v);
+    }
 }
 
 /* ================================================================ repack, reference, dequant */
@@ -707,7 +928,8 @@ struct awq_w4a16_ctx {
     int *cnt;          /* NCOUNTERS completion counters, zero between calls */
     void *slab;        /* dequantized weights of the cuBLAS path */
     size_t slab_bytes;
-    int occ[2][2][4][9][MAX_STAGES + 1]; /* blocks per SM: [dtype][mode][log2 TM][warps][stages], 0 = not asked */
+    int occ[2][4][9][MAX_STAGES + 1]; /* k_gemm blocks per SM: [dtype][log2 TM][warps][stages], 0 = not asked */
+    int gocc[2][2][4][GEMV_MAX_WARPS + 1]; /* k_gemv blocks per SM: [dtype][engine - 1][log2 UK][warps] */
 };
 
 extern "C" int awq_cuda_w4a16_ctx_new(awq_w4a16_ctx **out, awq_err *err) {
@@ -792,21 +1014,20 @@ static int grow(void **buf, size_t *have, size_t need, const char *what, gpuStre
 
 typedef void (*gemm_fn)(GemmParams);
 
-static gemm_fn gemm_kernel(int bf16, int mode, int tl) {
-    if (mode == MODE_FMA) return bf16 ? k_gemm<BF16, MODE_FMA, 1> : k_gemm<F16, MODE_FMA, 1>;
+static gemm_fn gemm_kernel(int bf16, int tl) {
     switch (tl) {
-    case 0: return bf16 ? k_gemm<BF16, MODE_MMA, 1> : k_gemm<F16, MODE_MMA, 1>;
-    case 1: return bf16 ? k_gemm<BF16, MODE_MMA, 2> : k_gemm<F16, MODE_MMA, 2>;
-    case 2: return bf16 ? k_gemm<BF16, MODE_MMA, 4> : k_gemm<F16, MODE_MMA, 4>;
-    default: return bf16 ? k_gemm<BF16, MODE_MMA, 8> : k_gemm<F16, MODE_MMA, 8>;
+    case 0: return bf16 ? k_gemm<BF16, 1> : k_gemm<F16, 1>;
+    case 1: return bf16 ? k_gemm<BF16, 2> : k_gemm<F16, 2>;
+    case 2: return bf16 ? k_gemm<BF16, 4> : k_gemm<F16, 4>;
+    default: return bf16 ? k_gemm<BF16, 8> : k_gemm<F16, 8>;
     }
 }
 
 /* log2 of token tiles per block: M <= 8 one tile, M <= 16 two, M <= 32 four; up to 64 tokens four
  * (two M blocks) on layers under 64M weights, where one block of 8 tiles (250 registers, 8 warps
  * per SM) leaves SMs idle, else 8; beyond that blocks of 64 tokens. (bench/kernels.py sweep, H100) */
-static int tm_log2_for(int64_t M, int64_t K, int64_t N, int mode) {
-    if (mode == MODE_FMA || M <= 8) return 0;
+static int tm_log2_for(int64_t M, int64_t K, int64_t N) {
+    if (M <= 8) return 0;
     if (M <= 16) return 1;
     if (M <= 32 || (M <= 64 && K * N < (64 << 20))) return 2;
     return 3;
@@ -822,10 +1043,10 @@ static int gemm_prepare(gemm_fn fn, size_t smem, awq_err *err) {
 }
 
 /* Blocks per SM (cached in the context when there is one); negative status on error. */
-static int gemm_occupancy(awq_w4a16_ctx *ctx, int bf16, int mode, int tl, int wn, int stages, awq_err *err) {
-    int *slot = ctx ? &ctx->occ[bf16][mode][tl][wn][stages] : NULL;
+static int gemm_occupancy(awq_w4a16_ctx *ctx, int bf16, int tl, int wn, int stages, awq_err *err) {
+    int *slot = ctx ? &ctx->occ[bf16][tl][wn][stages] : NULL;
     if (slot && *slot) return *slot;
-    gemm_fn fn = gemm_kernel(bf16, mode, tl);
+    gemm_fn fn = gemm_kernel(bf16, tl);
     const size_t smem = gemm_smem(tl, wn, stages);
     int st = gemm_prepare(fn, smem, err);
     if (st) return st;
@@ -833,6 +1054,27 @@ static int gemm_occupancy(awq_w4a16_ctx *ctx, int bf16, int mode, int tl, int wn
     CUDA_CHECK(gpuOccupancyMaxActiveBlocksPerMultiprocessor(&n, (const void *)fn, 32 * wn, smem));
     if (n < 1) n = 1;
     if (slot) *slot = n;
+    return n;
+}
+
+typedef void (*gemv_fn)(GemvParams);
+
+/* uk: chunks per warp and round (cfg.stages: 2, 4, 8) */
+static gemv_fn gemv_kernel(int bf16, int eng, int uk) {
+#define GEMV_K(AT, E) (uk == 2 ? k_gemv<AT, E, 2> : uk == 4 ? k_gemv<AT, E, 4> : k_gemv<AT, E, 8>)
+    if (eng == ENG_MMA) return bf16 ? GEMV_K(BF16, ENG_MMA) : GEMV_K(F16, ENG_MMA);
+    return bf16 ? GEMV_K(BF16, ENG_FMA) : GEMV_K(F16, ENG_FMA);
+#undef GEMV_K
+}
+
+static int gemv_occupancy(awq_w4a16_ctx *ctx, int bf16, int eng, int uk, int wn, awq_err *err) {
+    int *slot = &ctx->gocc[bf16][eng - 1][__builtin_ctz(uk)][wn];
+    if (*slot) return *slot;
+    int n = 0;
+    const void *fn = (const void *)gemv_kernel(bf16, eng, uk);
+    CUDA_CHECK(gpuOccupancyMaxActiveBlocksPerMultiprocessor(&n, fn, 32 * wn, 0));
+    if (n < 1) n = 1;
+    *slot = n;
     return n;
 }
 
@@ -915,6 +1157,7 @@ extern "C" int awq_cuda_w4a16_ref(const void *x, int x_dtype, const void *qweigh
 
 static int auto_path(int64_t M, int64_t g, const awq_w4a16_ctx *ctx) {
     if (g % 16) return AWQ_PATH_CUBLAS;
+    if (M > 0 && M <= GEMV_AUTO_MAX_M) return AWQ_PATH_GEMV;
     if (ctx && M >= BLAS_MIN_M) return AWQ_PATH_CUBLAS;
     if (!AWQ_GPU_PTX) /* no mma.sync off NVIDIA: the CUDA-core stream, then dequantize + BLAS */
         return M <= GEMV_MAX_M || !ctx ? AWQ_PATH_GEMV : AWQ_PATH_CUBLAS;
@@ -923,17 +1166,17 @@ static int auto_path(int64_t M, int64_t g, const awq_w4a16_ctx *ctx) {
 
 /* Fills cfg (zero fields from the heuristic) for a GEMV / MMA launch. Without a context every
  * block takes whole tiles (no partials, no workspace). */
-static int plan_gemm(int mode, int bf16, int64_t M, int64_t K, int64_t N, awq_w4a16_ctx *ctx,
+static int plan_gemm(int bf16, int64_t M, int64_t K, int64_t N, awq_w4a16_ctx *ctx,
                      const awq_w4a16_cfg *in, awq_w4a16_cfg *c, awq_err *err) {
     *c = in ? *in : awq_w4a16_cfg{0, 0, 0, 0};
     if (c->wn < 0 || c->blocks < 0 || !(c->wn == 0 || c->wn == 1 || c->wn == 2 || c->wn == 4 || c->wn == 8) ||
         !(c->stages == 0 || (c->stages >= 3 && c->stages <= MAX_STAGES)) ||
-        !(c->tm == 0 || c->tm == 1 || c->tm == 2 || c->tm == 4 || c->tm == 8) || (mode == MODE_FMA && c->tm > 1))
+        !(c->tm == 0 || c->tm == 1 || c->tm == 2 || c->tm == 4 || c->tm == 8))
         return awq_set_err(err, AWQ_ERR_VALUE,
-                           "bad kernel configuration wn=%d blocks=%d stages=%d tm=%d (wn and tm in 1, 2, 4, 8 "
-                           "(gemv: tm 1); stages 3..%d)",
+                           "bad kernel configuration wn=%d blocks=%d stages=%d tm=%d (wn and tm in 1, 2, 4, 8; "
+                           "stages 3..%d)",
                            c->wn, c->blocks, c->stages, c->tm, MAX_STAGES);
-    const int tl = c->tm ? __builtin_ctz(c->tm) : tm_log2_for(M, K, N, mode);
+    const int tl = c->tm ? __builtin_ctz(c->tm) : tm_log2_for(M, K, N);
     c->tm = 1 << tl;
     if (c->wn == 0) c->wn = default_wn(tl);
     if (c->stages == 0) c->stages = default_stages(tl);
@@ -954,7 +1197,7 @@ static int plan_gemm(int mode, int bf16, int64_t M, int64_t K, int64_t N, awq_w4
         /* all blocks resident (3 per SM up to 16 tokens, 2 beyond: more measured slower), at least
          * MIN_UNITS chunks each, and fewer blocks per tile as M grows: the last block of a tile
          * adds every block's partial tile (rows x 64 wn floats) alone */
-        const int occ = gemm_occupancy(ctx, bf16, mode, tl, c->wn, c->stages, err);
+        const int occ = gemm_occupancy(ctx, bf16, tl, c->wn, c->stages, err);
         if (occ < 0) return occ;
         const int64_t rows = M < 8 * c->tm ? M : 8 * c->tm;
         const int64_t per_tile = rows <= 1 ? KC : rows <= 16 ? 8 : 4;
@@ -970,19 +1213,78 @@ static int plan_gemm(int mode, int bf16, int64_t M, int64_t K, int64_t N, awq_w4
     return AWQ_OK;
 }
 
+/* Fills cfg for a GEMV launch. Fields (zero: heuristic): wn warps per block (1, 2, 4, 8; they split
+ * the block's chunks), blocks the grid (column slices x K splits; a given value is rounded up to a
+ * whole number of splits per slice, at most one chunk per split, and the plan reports the grid that
+ * runs), stages the chunks per warp and round (2, 4, 8: 2 x stages 16-byte weight loads in flight
+ * per thread), tm the dot-product engine (1: mma.sync tensor cores, NVIDIA only; 2: CUDA-core FMAs).
+ * Without a context: one block per slice (no K split, no workspace). */
+static int plan_gemv(int bf16, int64_t M, int64_t K, int64_t N, awq_w4a16_ctx *ctx, const awq_w4a16_cfg *in,
+                     awq_w4a16_cfg *c, awq_err *err) {
+    (void)M;
+    *c = in ? *in : awq_w4a16_cfg{0, 0, 0, 0};
+    if (c->blocks < 0 || !(c->wn == 0 || c->wn == 1 || c->wn == 2 || c->wn == 4 || c->wn == 8) ||
+        !(c->stages == 0 || c->stages == 2 || c->stages == 4 || c->stages == 8) ||
+        !(c->tm == 0 || c->tm == ENG_MMA || c->tm == ENG_FMA))
+        return awq_set_err(err, AWQ_ERR_VALUE,
+                           "bad gemv configuration wn=%d blocks=%d stages=%d tm=%d (wn in 1, 2, 4, 8; stages "
+                           "(chunks per round) in 2, 4, 8; tm (engine) 1 = mma, 2 = fma)",
+                           c->wn, c->blocks, c->stages, c->tm);
+    if (c->tm == ENG_MMA && !AWQ_GPU_PTX)
+        return awq_set_err(err, AWQ_ERR_VALUE,
+                           "gemv engine 1 (mma) needs mma.sync (NVIDIA sm_80+); this build has none");
+    if (c->tm == 0) c->tm = AWQ_GPU_PTX ? ENG_MMA : ENG_FMA;
+    if (c->stages == 0) c->stages = GEMV_UK;
+    if (c->wn == 0) c->wn = ctx ? GEMV_WN : GEMV_WN_NOCTX;
+    const int64_t NT = (N + 15) / 16, KC = (K + 63) / 64, slices = (NT + GEMV_NTW - 1) / GEMV_NTW;
+    if (NT * 512 > 0xffffffffll) /* k_gemv's 32-bit chunk-row stride */
+        return awq_set_err(err, AWQ_ERR_VALUE, "N=%lld is too large for the gemv kernel (N < 2^27)", (long long)N);
+    if (!ctx) {
+        if (c->blocks && c->blocks != slices)
+            return awq_set_err(err, AWQ_ERR_VALUE,
+                               "blocks=%d other than one per 32-feature column slice (%lld) needs a context",
+                               c->blocks, (long long)slices);
+        c->blocks = (int)slices;
+        return AWQ_OK;
+    }
+    int64_t S;
+    if (c->blocks == 0) {
+        /* one wave: as many K splits as keep every block resident, but every warp at least one full
+         * round of chunks; beyond NCOUNTERS slices (N > 2M) no split (plenty of blocks anyway) */
+        const int occ = gemv_occupancy(ctx, bf16, c->tm, c->stages, c->wn, err);
+        if (occ < 0) return occ;
+        const int64_t cap = (int64_t)ctx->sms * occ;
+        const int64_t smax = (KC + (int64_t)c->wn * c->stages - 1) / ((int64_t)c->wn * c->stages);
+        S = cap / slices;
+        if (S > smax) S = smax;
+        if (S < 1 || slices > NCOUNTERS) S = 1;
+    } else {
+        S = (c->blocks + slices - 1) / slices;
+        if (S > KC) S = KC;
+        if (S > 1 && slices > NCOUNTERS)
+            return awq_set_err(err, AWQ_ERR_VALUE,
+                               "%lld column slices exceed the context's %d counters: no K split",
+                               (long long)slices, NCOUNTERS);
+    }
+    if (slices * S > 0x7fffffff) return awq_set_err(err, AWQ_ERR_VALUE, "problem too large for the gemv kernel");
+    c->blocks = (int)(slices * S);
+    return AWQ_OK;
+}
+
 extern "C" int awq_cuda_w4a16_plan(int64_t M, int64_t K, int64_t N, int64_t g, const awq_w4a16_ctx *ctx,
                                    int *path, awq_w4a16_cfg *cfg, awq_err *err) {
     *path = auto_path(M, g, ctx);
     memset(cfg, 0, sizeof(*cfg));
-    if (*path == AWQ_PATH_CUBLAS) return AWQ_OK;
-    return plan_gemm(MODE_MMA, 0, M, K, N, (awq_w4a16_ctx *)ctx, NULL, cfg, err);
+    if (*path == AWQ_PATH_GEMV) return plan_gemv(0, M, K, N, (awq_w4a16_ctx *)ctx, NULL, cfg, err);
+    if (*path == AWQ_PATH_MMA) return plan_gemm(0, M, K, N, (awq_w4a16_ctx *)ctx, NULL, cfg, err);
+    return AWQ_OK;
 }
 
-static int run_gemm(int mode, const void *x, int bf16, const void *qw, const int32_t *qz, const void *sc, int scvt,
+static int run_gemm(const void *x, int bf16, const void *qw, const int32_t *qz, const void *sc, int scvt,
                     const void *bias, void *y, int64_t M, int64_t K, int64_t N, int64_t g,
                     const awq_w4a16_cfg *cfg_in, awq_w4a16_ctx *ctx, gpuStream_t stream, awq_err *err) {
     awq_w4a16_cfg c;
-    int st = plan_gemm(mode, bf16, M, K, N, ctx, cfg_in, &c, err);
+    int st = plan_gemm(bf16, M, K, N, ctx, cfg_in, &c, err);
     if (st) return st;
     const int tl = __builtin_ctz(c.tm);
     GemmParams p;
@@ -1015,12 +1317,49 @@ static int run_gemm(int mode, const void *x, int bf16, const void *qw, const int
         p.part = ctx->part;
         p.cnt = ctx->cnt;
     }
-    gemm_fn fn = gemm_kernel(bf16, mode, tl);
+    gemm_fn fn = gemm_kernel(bf16, tl);
     const size_t smem = gemm_smem(tl, p.wn, p.stages);
     st = gemm_prepare(fn, smem, err);
     if (st) return st;
     fn<<<(unsigned)c.blocks, 32 * p.wn, smem, stream>>>(p);
-    LAUNCH_CHECK(mode == MODE_FMA ? "k_gemm (gemv)" : "k_gemm (mma)");
+    LAUNCH_CHECK("k_gemm");
+    return AWQ_OK;
+}
+
+static int run_gemv(const void *x, int bf16, const void *qw, const int32_t *qz, const void *sc, int scvt,
+                    const void *bias, void *y, int64_t M, int64_t K, int64_t N, int64_t g,
+                    const awq_w4a16_cfg *cfg_in, awq_w4a16_ctx *ctx, gpuStream_t stream, awq_err *err) {
+    awq_w4a16_cfg c;
+    int st = plan_gemv(bf16, M, K, N, ctx, cfg_in, &c, err);
+    if (st) return st;
+    GemvParams p;
+    p.x = (const uint16_t *)x;
+    p.qw = (const uint4 *)qw;
+    p.qz = (const uint32_t *)qz;
+    p.sc = (const uint16_t *)sc;
+    p.bias = (const uint16_t *)bias;
+    p.y = (uint16_t *)y;
+    p.M = (int)M;
+    p.K = (int)K;
+    p.N = (int)N;
+    p.g = (int)g;
+    p.gshift = (g & (g - 1)) == 0 ? __builtin_ctzll((unsigned long long)g) : -1;
+    p.KC = (int)((K + 63) / 64);
+    p.NT = (int)((N + 15) / 16);
+    p.slices = (p.NT + GEMV_NTW - 1) / GEMV_NTW;
+    p.S = c.blocks / p.slices;
+    p.scvt = scvt;
+    p.part = NULL;
+    p.cnt = NULL;
+    if (p.S > 1) {
+        st = grow((void **)&ctx->part, &ctx->part_bytes, (size_t)c.blocks * 32 * M * sizeof(float),
+                  "split-K partials", stream, err);
+        if (st) return st;
+        p.part = ctx->part;
+        p.cnt = ctx->cnt;
+    }
+    gemv_kernel(bf16, c.tm, c.stages)<<<(unsigned)c.blocks, 32 * c.wn, 0, stream>>>(p);
+    LAUNCH_CHECK("k_gemv");
     return AWQ_OK;
 }
 
@@ -1098,9 +1437,9 @@ extern "C" int awq_cuda_w4a16(const void *x, int x_dtype, const void *qweight_rp
     gpuStream_t s = (gpuStream_t)stream;
     switch (path) {
     case AWQ_PATH_GEMV:
-        return run_gemm(MODE_FMA, x, bf16, qweight_rp, qzeros, scales, scvt, bias, y, M, K, N, g, cfg, ctx, s, err);
+        return run_gemv(x, bf16, qweight_rp, qzeros, scales, scvt, bias, y, M, K, N, g, cfg, ctx, s, err);
     case AWQ_PATH_MMA:
-        return run_gemm(MODE_MMA, x, bf16, qweight_rp, qzeros, scales, scvt, bias, y, M, K, N, g, cfg, ctx, s, err);
+        return run_gemm(x, bf16, qweight_rp, qzeros, scales, scvt, bias, y, M, K, N, g, cfg, ctx, s, err);
     case AWQ_PATH_CUBLAS:
         return run_cublas(x, bf16, qweight_rp, qzeros, scales, scvt, bias, y, M, K, N, g, ctx, s, err);
     case AWQ_PATH_REF:
