@@ -1715,11 +1715,11 @@ PyDoc_STRVAR(cuda_w4a16_doc,
              "qweight_ptr: the repacked layout (cuda_w4a16_repack); qzeros [G, N/8] int32 and scales\n"
              "[G, N] as in the checkpoint; bias_ptr 0 for none. dtype: \"float16\" | \"bfloat16\" (x, y,\n"
              "bias); scales_dtype: None (= dtype) or \"float16\" with bfloat16 activations.\n"
-             "path: \"auto\" | \"gemv\" (CUDA cores, M <= 8) | \"mma\" (tensor cores) | \"cublas\"\n"
+             "path: \"auto\" | \"gemv\" (decode kernel, M <= 8) | \"mma\" (tensor cores) | \"cublas\"\n"
              "(dequantize + cuBLAS, needs ctx) | \"ref\" (naive). ctx: cuda_w4a16_context() enables\n"
-             "stream-K and the cuBLAS path. config: (wn, blocks[, stages[, tm]]) overrides the\n"
-             "gemv/mma heuristic (warps per block, each 64 features; grid size; pipeline depth 3..8;\n"
-             "tokens per block / 8; 0 = heuristic), for tests and tuning.");
+             "split-K and the cuBLAS path. config: (wn, blocks[, stages[, tm]]) overrides the gemv/mma\n"
+             "heuristic (0 = heuristic; meanings per path in csrc/kernels/w4a16_cuda.h), for tests and\n"
+             "tuning.");
 static PyObject *py_cuda_w4a16(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
     static char *kwlist[] = {"x_ptr", "qweight_ptr", "qzeros_ptr", "scales_ptr", "bias_ptr", "y_ptr",

@@ -66,15 +66,15 @@ def test_fused_prefill_and_decode_match_layer_by_layer(quantized):
 
 def test_batched_rows_equal_rows_alone(quantized):
     m, _ = fused_model(quantized)
-    alone = [m.generate(p, max_new_tokens=10, eos_token_id=None)[0].tolist() for p in PROMPTS]
-    got = m.generate(PROMPTS, max_new_tokens=10, eos_token_id=None)
+    alone = [m.generate(p, max_new_tokens=10, eos_token_id=[])[0].tolist() for p in PROMPTS]
+    got = m.generate(PROMPTS, max_new_tokens=10, eos_token_id=[])
     assert [g.tolist() for g in got] == alone
     T = max(map(len, PROMPTS))
     ids = np.zeros((len(PROMPTS), T), np.int64)
     mask = np.zeros_like(ids)
     for b, p in enumerate(PROMPTS):
         ids[b, T - len(p):], mask[b, T - len(p):] = p, 1
-    out = m.generate(ids, attention_mask=mask, max_new_tokens=10, eos_token_id=None)
+    out = m.generate(ids, attention_mask=mask, max_new_tokens=10, eos_token_id=[])
     for b, p in enumerate(PROMPTS):
         assert out[b, T:].tolist() == alone[b][len(p):]
 
@@ -94,17 +94,17 @@ def test_graph_replay_equals_eager_launches(quantized):
 
 def test_repeated_generate_and_forward_carry_no_state(quantized):
     m, _ = fused_model(quantized)
-    a = m.generate(PROMPTS, max_new_tokens=6, eos_token_id=None)
+    a = m.generate(PROMPTS, max_new_tokens=6, eos_token_id=[])
     m.forward(np.array([[1, 2, 3]]))
-    m.generate([[9, 9, 9, 9, 9, 9, 9]], max_new_tokens=30, eos_token_id=None)
-    b = m.generate(PROMPTS, max_new_tokens=6, eos_token_id=None)
+    m.generate([[9, 9, 9, 9, 9, 9, 9]], max_new_tokens=30, eos_token_id=[])
+    b = m.generate(PROMPTS, max_new_tokens=6, eos_token_id=[])
     assert [x.tolist() for x in a] == [y.tolist() for y in b]
 
 
 def test_fused_greedy_tokens_follow_unfused_logits(quantized):
     """Teacher-forced: each fused greedy token is the unfused argmax, or within the tolerance of it."""
     m, _ = fused_model(quantized)
-    out = m.generate(PROMPTS[1], max_new_tokens=12, eos_token_id=None)[0]
+    out = m.generate(PROMPTS[1], max_new_tokens=12, eos_token_id=[])[0]
     logits = m.forward(out[None])[0]
     for t in range(len(PROMPTS[1]) - 1, len(out) - 1):
         row = logits[t]
@@ -114,7 +114,7 @@ def test_fused_greedy_tokens_follow_unfused_logits(quantized):
 def test_length_limit_and_bad_tokens(quantized):
     m, rt = fused_model(quantized)
     with pytest.raises(ValueError, match="exceeds max_seq_len"):
-        m.generate(PROMPTS, max_new_tokens=2048, eos_token_id=None)
+        m.generate(PROMPTS, max_new_tokens=2048, eos_token_id=[])
     rt.start([np.array([1, 2, 3])], 8)
     with pytest.raises(ValueError, match="KV cache holds 8"):
         for _ in range(6):
@@ -135,4 +135,20 @@ def test_unfusable_model_falls_back(tmp_path):
     from awq.runtime.model import DecoderLM
 
     assert isinstance(g.generation_runtime(), DecoderLM)
-    assert g.generate(PROMPTS[0], max_new_tokens=3, eos_token_id=None).shape == (1, 8)
+    assert g.generate(PROMPTS[0], max_new_tokens=3, eos_token_id=[]).shape == (1, 8)
+
+
+def test_new_prefill_shapes_after_capture_keep_the_graph_valid(tmp_path):
+    """Regression: a prefill of a new shape used to grow the W4A16 workspace that the captured decode
+    graph points into (illegal memory access on the next replay). Layers wide enough for split-K."""
+    folder, out = str(tmp_path / "f16"), str(tmp_path / "q")
+    write_tiny_model(folder, tiny_config(hidden=512, inter=1536, layers=2, heads=8, kv_heads=4), dtype=np.float16)
+    m = AutoAWQForCausalLM.from_pretrained(folder)
+    m.quantize(None, quant_config={"w_bit": 4, "q_group_size": 128}, rtn=True)
+    m.save_quantized(out)
+    runs = [(list(range(1, 17)), 40), (list(range(3, 35)), 2), ([5, 6, 7, 8, 9], 3), (list(range(7, 300)), 4)]
+    g = AutoAWQForCausalLM.from_quantized(out, device_map="cuda")
+    got = [g.generate(p, max_new_tokens=n, eos_token_id=[])[0].tolist() for p, n in runs]
+    for (p, n), tokens in zip(runs, got):
+        fresh = AutoAWQForCausalLM.from_quantized(out, device_map="cuda")
+        assert fresh.generate(p, max_new_tokens=n, eos_token_id=[])[0].tolist() == tokens

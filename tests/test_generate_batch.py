@@ -22,12 +22,12 @@ def model(tmp_path_factory):
 
 
 def alone(model, n=8):
-    return [model.generate(p, max_new_tokens=n, eos_token_id=None)[0].tolist() for p in PROMPTS]
+    return [model.generate(p, max_new_tokens=n, eos_token_id=[])[0].tolist() for p in PROMPTS]
 
 
 def test_ragged_list_equals_one_by_one(model):
     want = alone(model)
-    got = model.generate(PROMPTS, max_new_tokens=8, eos_token_id=None)
+    got = model.generate(PROMPTS, max_new_tokens=8, eos_token_id=[])
     assert isinstance(got, list) and [g.tolist() for g in got] == want
     assert all(len(g) == len(p) + 8 for g, p in zip(got, PROMPTS))
 
@@ -41,7 +41,7 @@ def test_attention_mask_padding_equals_one_by_one(model, side):
     for b, p in enumerate(PROMPTS):
         sl = slice(T - len(p), T) if side == "left" else slice(0, len(p))
         ids[b, sl], mask[b, sl] = p, 1
-    out = model.generate(ids, attention_mask=mask, max_new_tokens=8, eos_token_id=None)
+    out = model.generate(ids, attention_mask=mask, max_new_tokens=8, eos_token_id=[])
     assert out.shape == (len(PROMPTS), T + 8)
     np.testing.assert_array_equal(out[:, :T], ids)  # rows keep their padding
     for b in range(len(PROMPTS)):
@@ -50,23 +50,23 @@ def test_attention_mask_padding_equals_one_by_one(model, side):
 
 def test_equal_lengths_batch_equals_one_by_one(model):
     ids = np.array([PROMPTS[0], [1, 2, 3, 4, 5], [200, 100, 50, 25, 12]])
-    got = model.generate(ids, max_new_tokens=6, eos_token_id=None)
+    got = model.generate(ids, max_new_tokens=6, eos_token_id=[])
     for b in range(3):
-        assert got[b].tolist() == model.generate(ids[b], max_new_tokens=6, eos_token_id=None)[0].tolist()
+        assert got[b].tolist() == model.generate(ids[b], max_new_tokens=6, eos_token_id=[])[0].tolist()
 
 
 def test_no_stale_state_between_calls(model):
-    first = model.generate(PROMPTS, max_new_tokens=5, eos_token_id=None)
+    first = model.generate(PROMPTS, max_new_tokens=5, eos_token_id=[])
     model.forward(np.array([[1, 2, 3, 4, 5, 6, 7]]))
-    model.generate([[9, 9, 9]], max_new_tokens=20, eos_token_id=None)
-    again = model.generate(PROMPTS, max_new_tokens=5, eos_token_id=None)
+    model.generate([[9, 9, 9]], max_new_tokens=20, eos_token_id=[])
+    again = model.generate(PROMPTS, max_new_tokens=5, eos_token_id=[])
     assert [a.tolist() for a in again] == [f.tolist() for f in first]
 
 
 def test_length_limit_raises_before_work(model):
     with pytest.raises(ValueError, match="exceeds max_seq_len 512"):
-        model.generate(PROMPTS, max_new_tokens=505, eos_token_id=None)  # longest prompt 9 + 505 > 512
-    assert model.generate(PROMPTS, max_new_tokens=503, eos_token_id=None, callback=lambda t: True)
+        model.generate(PROMPTS, max_new_tokens=505, eos_token_id=[])  # longest prompt 9 + 505 > 512
+    assert model.generate(PROMPTS, max_new_tokens=503, eos_token_id=[], callback=lambda t: True)
 
 
 def test_bad_masks(model):

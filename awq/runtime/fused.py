@@ -67,6 +67,7 @@ class FusedGpuLM:
         if spec.block != "llama" or spec.act != "silu":
             raise NotFusable(f"block kind {spec.block!r} / activation {spec.act!r}")
         self._keep = []  # device tensors the decoder points into
+        self._staging = []  # checkpoint-layout qweights, until their repack has run
         c = cfg
         lin_names = (spec.q, spec.k, spec.v, spec.o, spec.gate, spec.up, spec.down)
         table = []
@@ -92,6 +93,7 @@ class FusedGpuLM:
                 c.intermediate_size, emb.shape[0], c.sliding_window)
         ptrs = (emb.ptr, self._norm(final_norm), head.ptr, inv_d.ptr)
         gpu.synchronize(device)  # repacks ran on the default stream; the decoder has its own
+        self._staging.clear()
         ctx = gpu.context(device)
         self.vocab = emb.shape[0]
         self.dec = C.cuda_decoder_new(ctx.handle, self.dt.code, dims, float(c.rms_norm_eps),
@@ -131,7 +133,8 @@ class FusedGpuLM:
         qw, qz, sc, bias, gs = packed
         g = self.gpu
         K, N = qw.shape[0], qw.shape[1] * 8
-        q_dev = self._up(qw)
+        q_dev = g.from_numpy(np.ascontiguousarray(qw), self.index)
+        self._staging.append(q_dev)  # freed once the repack has run (synchronize in __init__)
         rp = g.empty((C.cuda_w4a16_repack_nbytes(K, N),), g.uint8, self.index, what=f"repacked qweight {K}x{N}")
         self._keep.append(rp)
         C.cuda_w4a16_repack(q_dev.ptr, rp.ptr, K, N)

@@ -89,8 +89,8 @@ __global__ void add_rmsnorm_kernel(T *x, const T *add, const float *w, T *h, int
 #define QKV_WARPS 8
 #define MAX_HD 256
 
-/* Block per token row m (sequence b = m / T, token t = m % T, position pos0[b] + t); a warp per head
- * of q|k|v. kc, vc: this layer's cache from the first row of the forward, [B, S, Hkv, hd]. */
+/* Block (m, y) per token row m (sequence b = m / T, token t = m % T, position pos0[b] + t) and
+ * QKV_WARPS heads of q|k|v, a warp per head. kc, vc: this layer's cache from the first row of the forward, [B, S, Hkv, hd]. */
 template <typename T>
 __global__ void __launch_bounds__(QKV_WARPS * 32)
     qkv_rope_kernel(const T *qkv, T *q, T *kc, T *vc, const int32_t *pos0, int64_t *kv_len, int64_t T_, int64_t S,
@@ -100,10 +100,10 @@ __global__ void __launch_bounds__(QKV_WARPS * 32)
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int64_t m = blockIdx.x, b = m / T_, t = m % T_;
     const int64_t pos = (int64_t)pos0[b] + t;
-    if (threadIdx.x == 0 && t == T_ - 1) kv_len[b] = pos + 1;
+    if (threadIdx.x == 0 && blockIdx.y == 0 && t == T_ - 1) kv_len[b] = pos + 1;
     const int H3 = Hq + 2 * Hkv, half = rot / 2;
     float *sb = buf[warp];
-    for (int hh = warp; hh < H3; hh += QKV_WARPS) {
+    for (int hh = blockIdx.y * QKV_WARPS + warp; hh < H3; hh += gridDim.y * QKV_WARPS) {
         const T *src = qkv + (m * H3 + hh) * (int64_t)hd;
         if (hh >= Hq + Hkv) { /* v: straight into the cache */
             T *dst = vc + ((b * S + pos) * Hkv + (hh - Hq - Hkv)) * (int64_t)hd;
@@ -271,7 +271,9 @@ unsigned grid_for(int64_t n, int threads) {
 
 struct awq_decoder {
     awq_cuda_ctx *ctx;
-    awq_w4a16_ctx *w4;
+    awq_w4a16_ctx *w4;     /* W4A16 workspaces of prefill (grow with new shapes) */
+    awq_w4a16_ctx *w4dec;  /* of the decode step only: sized on its warm-up call, never grown after
+                              capture, so the graph's workspace pointers stay valid */
     gpublasHandle_t blas;
     void *blas_ws;
     gpuStream_t stream;
@@ -313,6 +315,7 @@ extern "C" void awq_decoder_free(awq_decoder *d) {
     if (d->blas) gpublasDestroy(d->blas);
     if (d->blas_ws) awq_cuda_free(d->ctx, d->blas_ws, BLAS_WS);
     if (d->w4) awq_cuda_w4a16_ctx_free(d->w4);
+    if (d->w4dec) awq_cuda_w4a16_ctx_free(d->w4dec);
     if (d->stream) gpuStreamDestroy(d->stream);
     free(d->layers);
     free(d);
@@ -378,7 +381,7 @@ extern "C" int awq_decoder_new(awq_cuda_ctx *ctx, const awq_dec_config *cfg, con
         gpuGetDevice(&dev);
         if (gpuDeviceGetAttribute(&d->sms, gpuDevAttrMultiProcessorCount, dev) != gpuSuccess) d->sms = 100;
     }
-    if ((st = awq_cuda_w4a16_ctx_new(&d->w4, err))) goto fail;
+    if ((st = awq_cuda_w4a16_ctx_new(&d->w4, err)) || (st = awq_cuda_w4a16_ctx_new(&d->w4dec, err))) goto fail;
     {
         gpublasStatus_t bs = gpublasCreate(&d->blas);
         if (bs != GPUBLAS_STATUS_SUCCESS) {
@@ -466,11 +469,12 @@ extern "C" int64_t awq_decoder_state_bytes(const awq_decoder *d) {
             return awq_set_err(err, AWQ_ERR_RUNTIME, "launch of %s failed: %s", what, gpuGetErrorString(e_)); \
     } while (0)
 
-static int w4(awq_decoder *d, const awq_dec_linear *l, const void *x, void *y, int64_t M, awq_err *err) {
+static int w4(awq_decoder *d, const awq_dec_linear *l, const void *x, void *y, int64_t M, int decode,
+              awq_err *err) {
     const int adt = d->c.dt == AWQ_DT_F16 ? AWQ_W4_F16 : AWQ_W4_BF16;
     const int sdt = l->s_dtype == AWQ_DT_F16 ? AWQ_W4_F16 : AWQ_W4_BF16;
     return awq_cuda_w4a16(x, adt, l->qweight_rp, l->qzeros, l->scales, sdt, l->bias, y, M, l->K, l->N, l->g,
-                          AWQ_PATH_AUTO, NULL, d->w4, d->stream, NULL, err);
+                          AWQ_PATH_AUTO, NULL, decode ? d->w4dec : d->w4, d->stream, NULL, err);
 }
 
 /* The kernels of one forward over device inputs (ids, pos already in place). q_pos0: the shared
@@ -485,6 +489,7 @@ static int run(awq_decoder *d, int64_t row0, int64_t B, int64_t T_, int64_t q_po
     T *x = (T *)d->x.p, *h = (T *)d->h.p, *o = (T *)d->o.p;
     const int nt = D >= 4096 ? 1024 : D >= 1024 ? 256 : 128;
     const float scale = 1.0f / sqrtf((float)hd);
+    const int dec = T_ == 1 && row0 == 0 && B == d->B; /* the (graph-captured) decode step */
     int st;
 
     embed_kernel<T><<<(unsigned)M, 256, 0, s>>>((const int32_t *)d->ids.p, (const T *)c->embed, x, D);
@@ -494,8 +499,9 @@ static int run(awq_decoder *d, int64_t row0, int64_t B, int64_t T_, int64_t q_po
         T *kc = (T *)d->kc.p + li * layer_cache + row_off, *vc = (T *)d->vc.p + li * layer_cache + row_off;
         add_rmsnorm_kernel<T><<<(unsigned)M, nt, 0, s>>>(x, li ? o : NULL, l->in_norm, h, D, c->eps, c->norm_offset);
         LAUNCH_OK("add_rmsnorm_kernel");
-        if ((st = w4(d, &l->qkv, h, d->qkv.p, M, err))) return st;
-        qkv_rope_kernel<T><<<(unsigned)M, QKV_WARPS * 32, 0, s>>>(
+        if ((st = w4(d, &l->qkv, h, d->qkv.p, M, dec, err))) return st;
+        const unsigned hblocks = (unsigned)((c->Hq + 2 * c->Hkv + QKV_WARPS - 1) / QKV_WARPS);
+        qkv_rope_kernel<T><<<dim3((unsigned)M, hblocks), QKV_WARPS * 32, 0, s>>>(
             (const T *)d->qkv.p, (T *)d->q.p, kc, vc, (const int32_t *)d->pos.p, (int64_t *)d->kvlen.p, T_, d->S,
             (int)c->Hq, (int)c->Hkv, (int)hd, (int)c->rot, c->inv_freq, l->q_norm, l->k_norm, c->eps, c->norm_offset);
         LAUNCH_OK("qkv_rope_kernel");
@@ -529,13 +535,13 @@ static int run(awq_decoder *d, int64_t row0, int64_t B, int64_t T_, int64_t q_po
                                          scale, q_pos0, c->window, NULL, s, err)))
                 return st;
         }
-        if ((st = w4(d, &l->o, d->att.p, o, M, err))) return st;
+        if ((st = w4(d, &l->o, d->att.p, o, M, dec, err))) return st;
         add_rmsnorm_kernel<T><<<(unsigned)M, nt, 0, s>>>(x, o, l->post_norm, h, D, c->eps, c->norm_offset);
         LAUNCH_OK("add_rmsnorm_kernel");
-        if ((st = w4(d, &l->gate_up, h, d->gu.p, M, err))) return st;
+        if ((st = w4(d, &l->gate_up, h, d->gu.p, M, dec, err))) return st;
         silu_mul_cat_kernel<T><<<grid_for(M * c->F, 256), 256, 0, s>>>((const T *)d->gu.p, (T *)d->act.p, M, c->F);
         LAUNCH_OK("silu_mul_cat_kernel");
-        if ((st = w4(d, &l->down, d->act.p, o, M, err))) return st;
+        if ((st = w4(d, &l->down, d->act.p, o, M, dec, err))) return st;
     }
     add_rmsnorm_kernel<T><<<(unsigned)M, nt, 0, s>>>(x, o, c->final_norm, h, D, c->eps, c->norm_offset);
     LAUNCH_OK("add_rmsnorm_kernel");

@@ -15,10 +15,12 @@
  * a device pointer on the current device; every call is asynchronous on `stream` (NULL: the legacy
  * default stream) and returns after checking the launch.
  *
- * Paths (awq_w4a16_path): GEMV (CUDA cores, M <= 8), MMA (mma.sync tensor cores, any M), CUBLAS
- * (dequantize column slabs to the activation dtype, then gpublasGemmEx with fp32 accumulation),
- * REF (naive, one thread per output), AUTO: MMA below M = 256, CUBLAS from it (and for group
- * sizes that are not a multiple of 16) when a context is given.
+ * Paths (awq_w4a16_path): GEMV (decode kernel, M <= 8: weights streamed straight into registers,
+ * split-K over blocks; dot products on the tensor cores, or CUDA-core FMAs with cfg.tm = 2 and in
+ * builds without PTX), MMA (mma.sync tensor cores, any M), CUBLAS (dequantize column slabs to the
+ * activation dtype, then gpublasGemmEx with fp32 accumulation), REF (naive, one thread per
+ * output), AUTO: GEMV up to M = 4, MMA below M = 256, CUBLAS from it (and for group sizes that
+ * are not a multiple of 16) when a context is given.
  *
  * Context: the stream-K partial-tile workspace, completion counters, the cuBLAS handle and the
  * dequantized-weight slab live in an awq_w4a16_ctx created by the caller (no global state). A
@@ -50,10 +52,14 @@ typedef enum {
 typedef struct awq_w4a16_ctx awq_w4a16_ctx;
 
 /* Kernel configuration of the GEMV / MMA paths. Zero fields are chosen by the heuristic; tests and
- * bench/kernels.py set them to sweep. wn: warps per block (1, 2, 4, 8), each owning 64 output
- * features; blocks: grid size (the work, tiles x 64-k chunks, is cut into `blocks` equal ranges;
- * without a context it must be one block per tile); stages: depth of the shared-memory pipeline
- * (3 .. 8 chunks); tm: tokens per block / 8 (1, 2, 4, 8; gemv: 1). */
+ * bench/kernels.py set them to sweep.
+ * MMA: wn warps per block (1, 2, 4, 8), each owning 64 output features; blocks: grid size (the
+ * work, tiles x 64-k chunks, is cut into `blocks` equal ranges; without a context it must be one
+ * block per tile); stages: depth of the shared-memory pipeline (3 .. 8 chunks); tm: tokens per
+ * block / 8 (1, 2, 4, 8).
+ * GEMV: wn warps per block (1, 2, 4, 8), each owning 32 output features and splitting K inside the
+ * block; blocks: grid size (rounded up to whole K splits per column slice); stages: 64-k chunks per
+ * warp and round (2, 4, 8); tm: engine (1 = mma.sync, 2 = CUDA-core FMA). */
 typedef struct {
     int wn, blocks, stages, tm;
 } awq_w4a16_cfg;
