@@ -98,7 +98,7 @@ class ModelConfig:
         sw = text.get("sliding_window")
         use_sw = text.get("use_sliding_window", True)
         sliding = int(sw) if (isinstance(sw, int) and not isinstance(sw, bool) and sw > 0 and use_sw) else 0
-        return cls(
+        out = cls(
             raw=cfg,
             model_type=model_type,
             hidden_size=hidden,
@@ -116,6 +116,8 @@ class ModelConfig:
             sliding_window=sliding,
             max_position_embeddings=_int(text, "max_position_embeddings", 2048),
         )
+        out.inv_freq()  # validates rope_scaling now, at load, not at the first forward
+        return out
 
     # ---- rotary tables ------------------------------------------------------------------
     def inv_freq(self) -> np.ndarray:
