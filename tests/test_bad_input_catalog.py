@@ -416,12 +416,12 @@ def quant_calibration_ids_out_of_vocab(tmp_path, tiny):
 
 def poisoned(tmp_path, tiny, value):
     f = copy_folder(tiny, tmp_path / "m")
-    p = os.path.join(f, "model.safetensors")
-    st = SafetensorsFile(p)
-    t = {k: np.array(st.get(k)) for k in st.keys()}
-    st.close()
-    t["model.layers.1.self_attn.o_proj.weight"][3, 5] = value
-    save_file(t, p)
+
+    def poison(w):
+        w[3, 5] = value
+        return w
+
+    rewrite_tensor(f, "model.layers.1.self_attn.o_proj.weight", poison)
     return f
 
 

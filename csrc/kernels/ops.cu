@@ -851,6 +851,23 @@ __device__ __forceinline__ float qdq(float w, QParams p) {
     return __fmul_rn(__fsub_rn(q, p.z), p.s);
 }
 
+/* Extremes of one group p[0..g) over a warp (every lane gets them); false when a value is NaN/Inf. */
+template <typename T>
+__device__ __forceinline__ bool group_minmax(const T *p, int64_t g, int lane, float &mx, float &mn) {
+    mx = -INFINITY;
+    mn = INFINITY;
+    bool finite = true;
+    for (int64_t i = lane; i < g; i += 32) {
+        const float v = to_f(p[i]);
+        finite = finite && isfinite(v);
+        mx = fmaxf(mx, v);
+        mn = fminf(mn, v);
+    }
+    mx = warp_max(mx);
+    mn = warp_min(mn);
+    return GPU_ALL(finite);
+}
+
 template <typename T>
 __global__ void pseudo_quantize_kernel(const T *w, T *wdq, int64_t N, int64_t K, int64_t g,
                                        int bits, int zero_point, unsigned long long *bad) {
@@ -862,17 +879,8 @@ __global__ void pseudo_quantize_kernel(const T *w, T *wdq, int64_t N, int64_t K,
         const int64_t n = grp / G, jg = grp % G;
         const T *p = w + n * K + jg * g;
         T *out = wdq + n * K + jg * g;
-        float mx = -INFINITY, mn = INFINITY;
-        bool finite = true;
-        for (int64_t i = lane; i < g; i += 32) {
-            const float v = to_f(p[i]);
-            finite = finite && isfinite(v);
-            mx = fmaxf(mx, v);
-            mn = fminf(mn, v);
-        }
-        mx = warp_max(mx);
-        mn = warp_min(mn);
-        if (!GPU_ALL(finite)) {
+        float mx, mn;
+        if (!group_minmax(p, g, lane, mx, mn)) {
             if (lane == 0 && bad) atomicMin(bad, (unsigned long long)grp);
             continue;
         }
@@ -1443,17 +1451,8 @@ __global__ void group_params_kernel(const T *w, float *scales, uint8_t *zeros, i
     for (int64_t grp = blockIdx.x * (int64_t)(blockDim.x >> 5) + (threadIdx.x >> 5); grp < ngroups;
          grp += warps) {
         const T *p = w + (grp / G) * K + (grp % G) * g;
-        float mx = -INFINITY, mn = INFINITY;
-        bool finite = true;
-        for (int64_t i = lane; i < g; i += 32) {
-            const float v = to_f(p[i]);
-            finite = finite && isfinite(v);
-            mx = fmaxf(mx, v);
-            mn = fminf(mn, v);
-        }
-        mx = warp_max(mx);
-        mn = warp_min(mn);
-        if (!GPU_ALL(finite)) {
+        float mx, mn;
+        if (!group_minmax(p, g, lane, mx, mn)) {
             if (lane == 0) atomicMin(bad, (unsigned long long)grp);
             continue;
         }
