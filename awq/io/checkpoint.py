@@ -494,14 +494,68 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def _fsync_folder(folder: str) -> None:
+    """fsync every regular file of a flat folder, then the folder itself, so that the folder a
+    rename publishes holds complete files even after a power loss. Errors (EIO, ENOSPC on a
+    delayed write) propagate: the data is not safely on disk."""
+    for entry in os.scandir(folder):
+        if entry.is_file(follow_symlinks=False):
+            fd = os.open(entry.path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2  # linux/fs.h
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Swap two paths in one atomic step (Linux renameat2 RENAME_EXCHANGE): a reader or a crash
+    sees the old folder or the new one, never neither. False where the C library or the file
+    system lacks it (the caller then falls back to two renames)."""
+    try:
+        import ctypes
+
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError, ImportError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), a, None, b)
+
+
+def _save_error(e: OSError, target: str, existed: bool) -> OSError:
+    """The OSError of a failed save, naming the destination (not only a temp file) and saying
+    what is left there; same errno, so ENOSPC stays recognizable."""
+    where = f" (at {os.path.basename(e.filename)})" if getattr(e, "filename", None) else ""
+    left = "the previous checkpoint there is unchanged" if existed else "nothing was written there"
+    err = OSError(e.errno, f"could not save {target}: {e.strerror or e}{where}; {left}")
+    err.filename = target
+    return err
+
+
 @contextlib.contextmanager
 def atomic_folder(target: PathLike) -> Iterator[str]:
     """Yield a fresh temp folder beside `target`; on success it becomes `target`.
 
-    On success an existing target is renamed to a backup, the temp folder renamed to target, and
-    the backup deleted (between the two renames target is briefly absent). If the body raises,
-    the temp folder is deleted and target is left untouched. A symlinked target is resolved and
-    the folder it points to is replaced. Missing parent folders are created.
+    On success the temp folder's files and the folder are fsynced, then it takes target's place:
+    in one atomic exchange where the system has one (Linux renameat2), else by renaming an existing
+    target to a backup, the temp folder to target, and restoring the backup if that fails. The old
+    folder is deleted last. If the body or any of this fails (a full disk, an I/O error, Ctrl-C),
+    the temp folder is deleted and target is left as it was; an OSError is re-raised naming
+    target, with its errno. A symlinked target is resolved and the folder it points to is
+    replaced. Missing parent folders are created.
     """
     target = os.path.abspath(os.fspath(target))
     if os.path.lexists(target):
@@ -509,6 +563,7 @@ def atomic_folder(target: PathLike) -> Iterator[str]:
     check_writable(target)
     parent, name = os.path.split(target)
     os.makedirs(parent, exist_ok=True)
+    existed = os.path.lexists(target)
 
     while True:
         tmp = os.path.join(parent, f".{name}.tmp-{secrets.token_hex(4)}")
@@ -520,25 +575,39 @@ def atomic_folder(target: PathLike) -> Iterator[str]:
 
     try:
         yield tmp
-    except BaseException:
+        _fsync_folder(tmp)
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):
+            raise _save_error(e, target, existed) from e
         raise
 
-    backup = None
+    old = None  # the replaced folder, deleted once target is the new one
     try:
         if os.path.lexists(target):
             _check_replaceable(target)
-            backup = os.path.join(parent, f".{name}.old-{secrets.token_hex(4)}")
-            os.rename(target, backup)
-        os.rename(tmp, target)
-    except BaseException:
-        if backup is not None and not os.path.lexists(target):
-            os.rename(backup, target)
-        shutil.rmtree(tmp, ignore_errors=True)
+            if _exchange(tmp, target):
+                old = tmp
+            else:
+                old = os.path.join(parent, f".{name}.old-{secrets.token_hex(4)}")
+                os.rename(target, old)
+                try:
+                    os.rename(tmp, target)
+                except BaseException:
+                    os.rename(old, target)
+                    old = None
+                    raise
+        else:
+            os.rename(tmp, target)
+    except BaseException as e:
+        if old != tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):
+            raise _save_error(e, target, existed) from e
         raise
     _fsync_dir(parent)
-    if backup is not None:
+    if old is not None:
         try:
-            shutil.rmtree(backup)
+            shutil.rmtree(old)
         except OSError as e:
-            warnings.warn(f"replaced {target}, but could not delete the old copy at {backup}: {e}")
+            warnings.warn(f"replaced {target}, but could not delete the old copy at {old}: {e}")

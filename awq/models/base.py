@@ -339,7 +339,11 @@ class BaseAWQForCausalLM:
     def quantize(self, tokenizer=None, quant_config={}, calib_data="pileval", split="train", text_column="text",
                  duo_scaling=True, export_compatible=False, apply_clip=True, n_parallel_calib_samples=None,
                  max_calib_samples=128, max_calib_seq_len=512, max_chunk_memory=1024 ** 3, quantizer_cls=None,
-                 **kwargs):
+                 resume_dir=None, **kwargs):
+        """AutoAWQ's quantize. resume_dir (awq only): a folder where every finished layer is kept, so
+        that the same call after a crash or kill continues at the first unfinished layer and gives the
+        same result, bit for bit (awq/quantize/resume.py). A folder from another run (other model,
+        settings or calibration data) raises ValueError naming what differs."""
         from awq.quantize.quantizer import AwqQuantizer
 
         if self.is_quantized:
@@ -347,6 +351,8 @@ class BaseAWQForCausalLM:
         qc = normalize_quant_config(quant_config)
         quantizer_cls = quantizer_cls or AwqQuantizer
         kwargs.setdefault("device", self.run_device)
+        if resume_dir is not None:
+            kwargs["resume_dir"] = resume_dir
         q = quantizer_cls(self, None, tokenizer, qc["w_bit"], qc["q_group_size"], qc["zero_point"], qc["version"],
                           calib_data, split, text_column, duo_scaling,
                           modules_to_not_convert=qc["modules_to_not_convert"], export_compatible=export_compatible,
@@ -406,7 +412,8 @@ class BaseAWQForCausalLM:
 
     def save_quantized(self, save_dir, safetensors=True, shard_size="5GB"):
         """Writes config.json (+ quantization_config), generation_config.json (unchanged), the tensors
-        (sharded above shard_size) and the tokenizer, into a temporary folder renamed into place."""
+        (sharded above shard_size) and the tokenizer, into a temporary folder renamed into place. A
+        failure (full disk, I/O error, interrupt) leaves save_dir as it was and raises OSError naming it."""
         if self._layers is None:
             raise ValueError("nothing to save: call quantize() first (or save a model from from_quantized)")
         if not safetensors:

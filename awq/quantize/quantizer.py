@@ -6,6 +6,10 @@ the scale ratio on a grid of n_grid=20 points plus the identity, keeping the fir
 output MSE; apply it (prev op / s, consumers * s, cached inputs / s); (3) clip search for every
 linear but q/k; (4) quantize (and pack 4-bit to the AutoAWQ GEMM layout).
 
+With resume_dir every finished layer is persisted (awq/quantize/resume.py); a rerun loads the
+finished layers, replays the float forwards of those layers to rebuild the next layer's input, and
+continues, ending with the same results bit for bit.
+
 Two deliberate differences from AutoAWQ, both fixing its defects: the identity scale (no scaling)
 is a candidate, evaluated first, so AWQ never does worse than plain RTN on the searched loss; and
 group_size -1 means one group spanning in_features, everywhere. For groups whose loss is the output
@@ -14,6 +18,9 @@ computed in N*K^2 instead of T*K*N; KERNELS.md).
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
@@ -84,7 +91,7 @@ class AwqQuantizer:
                  duo_scaling=True, modules_to_not_convert=None, export_compatible=False,
                  apply_clip=True, n_parallel_calib_samples=None, max_calib_samples=128,
                  max_calib_seq_len=512, max_chunk_memory=1024 ** 3, rtn=False, verbose=True, device=None,
-                 calib_dtype=None, **kwargs):
+                 calib_dtype=None, resume_dir=None, **kwargs):
         if w_bit not in (2, 3, 4, 8):
             raise ValueError(f"w_bit must be one of 2, 3, 4, 8, got {w_bit!r}")
         if not (group_size == -1 or (isinstance(group_size, int) and group_size > 0)):
@@ -102,7 +109,9 @@ class AwqQuantizer:
         self.max_calib_samples, self.max_calib_seq_len = max_calib_samples, max_calib_seq_len
         self.max_chunk_memory = max_chunk_memory
         self.rtn, self.verbose = rtn, verbose
+        self.resume_dir = None if resume_dir is None else os.fspath(resume_dir)
         self.reports: List[LayerReport] = []
+        self.compute_dtype = "float32"  # what the backend computes in (set for cuda below)
         self.be = self._make_backend(device, calib_dtype)
 
     def _make_backend(self, device, calib_dtype):
@@ -118,6 +127,7 @@ class AwqQuantizer:
         if calib_dtype is None:
             stored = self.awq_model.ckpt.dtype(self.spec.layer_prefix(0) + self.spec.q + ".weight")
             calib_dtype = {"F16": "float16", "BF16": "bfloat16"}.get(stored, "float32")
+        self.compute_dtype = str(calib_dtype).removeprefix("torch.")
         return CudaBackend(calib_dtype, cuda_index(device))
 
     # ---- helpers ---------------------------------------------------------------------------
@@ -139,8 +149,8 @@ class AwqQuantizer:
 
     # ---- main loop -------------------------------------------------------------------------
     def quantize(self):
-        """Returns (layers, reports): per layer a dict of tensors ready for the runtime/save."""
-        cfg = self.cfg
+        """Returns (layers, reports): per layer a dict of tensors ready for the runtime/save. With
+        resume_dir, layers finished by an earlier run of the same call are loaded, not recomputed."""
         if self.group_size != -1:  # fail before any calibration work, naming the linear
             for lin in self.spec.linear_names():
                 K = self.awq_model._expected_shape(lin)[1]
@@ -157,9 +167,44 @@ class AwqQuantizer:
                                        self.max_calib_seq_len, self.split, self.text_column)
             if self.verbose:
                 print(f"awq: calibrating on {blocks.shape[0]} blocks x {blocks.shape[1]} tokens", flush=True)
-        x = None if blocks is None else self.be.activations(self.awq_model.embed_tokens(blocks))
-        layers_out = []
-        bar = progress(range(cfg.num_layers), desc="AWQ" if not self.rtn else "RTN", disable=not self.verbose)
+        store = None
+        if self.resume_dir is not None:
+            from awq.quantize.resume import ResumeStore
+
+            log = (lambda m: print(m, flush=True)) if self.verbose else (lambda m: None)
+            store = ResumeStore(self.resume_dir, self.fingerprint(blocks), log).open()
+        try:
+            return self._run(blocks, store)
+        finally:
+            if store is not None:
+                store.close()
+
+    def _run(self, blocks, store):
+        """The layer loop from the first layer the store does not hold (every layer without one)."""
+        cfg = self.cfg
+        layers_out, start = [], 0
+        if store is not None:
+            for i in range(cfg.num_layers):  # the finished prefix; the first unusable layer ends it
+                got = store.load(i, self.expected_layer(i))
+                if got is None:
+                    break
+                layers_out.append(got[0])
+                self.reports.append(got[1])
+            start = len(layers_out)
+            if self.verbose and start == cfg.num_layers:
+                print(f"awq: all {start} layers already done in {store.folder}; nothing to compute", flush=True)
+            elif self.verbose and start:
+                print(f"awq: resuming at layer {start} of {cfg.num_layers} "
+                      f"(layers 0..{start - 1} loaded from {store.folder})", flush=True)
+        x = None
+        if blocks is not None and start < cfg.num_layers:
+            x = self.be.activations(self.awq_model.embed_tokens(blocks))
+            # Resuming at layer k needs x_k, the float output of layers 0..k-1: replay their float
+            # forwards exactly as _awq_layer runs them (same code, same chunks, so the same bits).
+            for i in range(start):
+                self.be.begin_layer()
+                x = self._float_forward(i, self._to_backend(i, self.awq_model.load_layer_f32(i)), x)
+        bar = progress(range(start, cfg.num_layers), desc="AWQ" if not self.rtn else "RTN", disable=not self.verbose)
         for i in bar:
             t0 = time.time()
             self.be.begin_layer()
@@ -168,10 +213,68 @@ class AwqQuantizer:
             report = LayerReport(i)
             if blocks is not None:
                 x = self._awq_layer(i, tensors, x, report)
-            layers_out.append(self._finish_layer(i, tensors))
+            layer = self._finish_layer(i, tensors)
             report.seconds = time.time() - t0
+            if store is not None:
+                store.save(i, layer, report)
+            layers_out.append(layer)
             self.reports.append(report)
         return layers_out, self.reports
+
+    # ---- resume ------------------------------------------------------------------------------
+    def fingerprint(self, blocks) -> dict:
+        """What makes two runs produce the same layers: the model files, the quant config, every
+        option the search reads, the backend and the calibration blocks. Stored in resume_dir's
+        manifest; a resumed run must match it exactly."""
+        from awq.quantize.resume import blocks_digest, files_identity
+
+        m = self.awq_model
+        return {
+            "model": {"path": os.path.realpath(m.model_path), "files": files_identity(m.ckpt.files),
+                      "config_sha256": hashlib.sha256(json.dumps(m.config, sort_keys=True).encode()).hexdigest()},
+            "quant_config": {"w_bit": self.w_bit, "q_group_size": self.group_size, "zero_point": self.zero_point,
+                             "version": str(self.version).lower()},
+            "options": {"duo_scaling": bool(self.duo_scaling), "apply_clip": bool(self.apply_clip),
+                        "n_grid": N_GRID, "n_sample_tokens_clip": N_SAMPLE_TOKENS_CLIP,
+                        "max_calib_samples": self.max_calib_samples, "max_calib_seq_len": self.max_calib_seq_len,
+                        "n_parallel_calib_samples": self.n_parallel_calib_samples,
+                        "max_chunk_memory": self.max_chunk_memory,
+                        "modules_to_not_convert": self.modules_to_not_convert,
+                        "export_compatible": bool(self.export_compatible), "rtn": bool(self.rtn)},
+            "backend": {"name": self.be.name, "dtype": self.compute_dtype},
+            "calibration": blocks_digest(blocks),
+            "num_layers": self.cfg.num_layers,
+        }
+
+    def expected_layer(self, i: int):
+        """(key order of _finish_layer's dict, {tensor: (dtype, shape)}, linear layout) of layer i's
+        resume file, derived from the config and the options, never from the file itself."""
+        from awq.quantize.resume import F16, F32, I32
+
+        spec, ck, m = self.spec, self.awq_model.ckpt, self.awq_model
+        order, want, layout = [], {}, {}
+        for n in spec.norm_names():
+            order.append(n + ".weight")
+            want[n + ".weight"] = (F32, tuple(ck.shape(spec.layer_prefix(i) + n + ".weight")))
+        for lin in spec.linear_names():
+            order.append(lin)
+            N, K = m._expected_shape(lin)
+            if spec.layer_prefix(i) + lin + ".bias" in ck:
+                want[lin + ".bias"] = (F32, (N,))
+            if self.export_compatible or not self.converted(i, lin):
+                layout[lin] = {"kind": "dense"}
+                want[lin + ".weight"] = (F32, (N, K))
+                continue
+            g = self._g(K)
+            layout[lin] = {"kind": "quantized", "w_bit": self.w_bit, "group_size": g,
+                           "in_features": K, "out_features": N}
+            if self.w_bit == 4:
+                want[lin + ".qweight"] = (I32, (K, N // 8))
+                want[lin + ".qzeros"] = (I32, (K // g, N // 8))
+                want[lin + ".scales"] = (F16, (K // g, N))
+            else:
+                want[lin + ".dequantized"] = (F32, (N, K))
+        return order, want, layout
 
     def _to_backend(self, i: int, host: Dict[str, np.ndarray]) -> Dict:
         """Linear weights become backend masters (fp32 on the backend's device); norms and biases stay
@@ -197,13 +300,14 @@ class AwqQuantizer:
             W[n] = tensors[n + ".weight"]
         return W
 
-    def _awq_layer(self, i: int, tensors: Dict[str, np.ndarray], x, report: LayerReport):
+    def _float_forward(self, i: int, tensors: Dict, x, feats: Optional[Dict] = None):
+        """Layer i's float forward on x [nb, T, D] in chunks -> its output, the next layer's input.
+        With feats, the input of every linear is gathered into it ([nb*T, K] per name). The resume
+        replay calls this without feats: the same forwards, so the same bits."""
         spec, cfg, be = self.spec, self.cfg, self.be
         nb, T, D = x.shape
         chunk = self._chunk_blocks(nb, T)
         W = self._layer_modules(tensors)
-        # (1) float forward with captured linear inputs; the output feeds the next layer.
-        feats: Dict = {}
         out = be.empty(x.shape)
         for b0 in range(0, nb, chunk):
             b1 = min(nb, b0 + chunk)
@@ -211,10 +315,22 @@ class AwqQuantizer:
             y = layer_forward(spec, cfg, W, be.rows(x, b0, b1), block_rope(cfg, b1 - b0, T), capture=cap,
                               ops=be.ops)
             be.set_rows(out, b0, b1, y)
+            if feats is None:
+                continue
             for name, a in cap.items():
                 if name not in feats:
                     feats[name] = be.empty((nb * T, a.shape[1]))
                 be.set_rows(feats[name], b0 * T, b1 * T, a)
+        return out
+
+    def _awq_layer(self, i: int, tensors: Dict[str, np.ndarray], x, report: LayerReport):
+        spec = self.spec
+        nb, T, D = x.shape
+        chunk = self._chunk_blocks(nb, T)
+        # (1) float forward with captured linear inputs, before any scaling or clipping: its output
+        # (float weights throughout) feeds the next layer.
+        feats: Dict = {}
+        out = self._float_forward(i, tensors, x, feats)
         # (2) scale search and application, group by group.
         for g in spec.groups:
             if g.only_if_same_shape and tensors[g.prev + ".weight"].shape != tensors[g.linears[0] + ".weight"].shape:
