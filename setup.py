@@ -8,6 +8,8 @@ says so in `awq._awq_C.cpu_info()["blas"]`.
 When nvcc is found (PATH or CUDA_HOME) and AWQ_NO_CUDA is not set, csrc/kernels/*.cu are compiled
 with nvcc for sm_80/86/89/90 (+ PTX) into the same extension, linked with the static CUDA runtime
 and cuBLAS. Without nvcc they are skipped cleanly.
+
+AWQ_SANITIZE=1 builds with AddressSanitizer + UndefinedBehaviorSanitizer (.ci/sanitize: clang, CPU only).
 """
 import os
 import shutil
@@ -105,9 +107,13 @@ def _extension():
         # awq/__init__.py also preloads the library, which covers editable installs.
         runtime_dirs.append("$ORIGIN/../scipy_openblas32/lib")
     compile_args = ["-O3", "-std=c11", "-fopenmp", "-fno-math-errno", "-Wall", "-Wno-unknown-pragmas"]
-    if os.environ.get("AWQ_SANITIZE"):
-        compile_args += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-O1"]
     link_args = ["-fopenmp"]
+    if os.environ.get("AWQ_SANITIZE"):
+        # ASan + UBSan (.ci/sanitize builds this with clang and preloads the runtime); -O1 keeps
+        # stack traces readable; AWQ_SANITIZE_BUILD turns off the ifunc clones (awq.h).
+        compile_args += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-O1", "-g"]
+        link_args += ["-fsanitize=address,undefined"]
+        define_macros.append(("AWQ_SANITIZE_BUILD", "1"))
     return Extension(
         "awq._awq_C",
         sources=sources,
