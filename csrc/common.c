@@ -6,6 +6,9 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#if defined(__x86_64__) && defined(__clang__)
+#include <cpuid.h>
+#endif
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -20,6 +23,17 @@ int awq_set_err(awq_err *err, int code, const char *fmt, ...) {
     return code;
 }
 
+#if defined(__x86_64__) && defined(__clang__)
+/* clang's __builtin_cpu_supports knows no "f16c" (the fuzz harnesses build with clang): ask cpuid
+ * (leaf 1, ECX bit 29). GCC builds keep the builtin, which reads a table filled once at load. */
+static int cpu_has_f16c(void) {
+    unsigned a, b, c, d;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+}
+#elif defined(__x86_64__) && defined(__GNUC__)
+static int cpu_has_f16c(void) { return __builtin_cpu_supports("f16c"); }
+#endif
+
 awq_isa awq_cpu_isa(void) {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
     __builtin_cpu_init();
@@ -27,8 +41,7 @@ awq_isa awq_cpu_isa(void) {
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
         return AWQ_ISA_AVX512;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-        __builtin_cpu_supports("f16c"))
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c())
         return AWQ_ISA_AVX2;
 #endif
     return AWQ_ISA_GENERIC;

@@ -31,12 +31,19 @@ static int check_quant_args(const char *op, int64_t N, int64_t K, int64_t g, int
     return AWQ_OK;
 }
 
-/* Error for the first non-finite value of group (n, j) of w[N, K]. */
-static int group_not_finite(const char *op, const char *what, const float *w, int64_t K, int64_t g,
-                            int64_t n, int64_t j, awq_err *err) {
+/* Error for group (n, j) of w[N, K], which quant_group refused: names its first non-finite value,
+ * or, when every value is finite, says that the group's grid overflows float32. */
+static int group_error(const char *op, const char *what, const float *w, int64_t K, int64_t g,
+                       int64_t n, int64_t j, awq_err *err) {
     const float *p = w + n * K + j * g;
     int64_t k = 0;
-    while (k < g - 1 && isfinite(p[k])) k++;
+    while (k < g && isfinite(p[k])) k++;
+    if (k == g)
+        return awq_set_err(err, AWQ_ERR_NUMERIC,
+                           "%s: %s row %lld, group %lld (columns %lld..%lld): the quantization grid "
+                           "of this group overflows float32 (its range is too close to FLT_MAX)",
+                           op, what, (long long)n, (long long)j, (long long)(j * g),
+                           (long long)(j * g + g - 1));
     return awq_set_err(err, AWQ_ERR_NUMERIC,
                        "%s: %s row %lld, group %lld (columns %lld..%lld) holds %s at column %lld; "
                        "weights must be finite",
@@ -50,7 +57,8 @@ static int group_not_finite(const char *op, const char *what, const float *w, in
 /* Quantizes one group w[g]. Writes the dequantized values to wdq (may alias w, may be NULL) and/or
  * the codes to codes (may be NULL); *scale and *zero get the group's parameters (codes of the
  * symmetric mode are offset by 2^(bits-1), which is then the zero). Returns 1 when a value is not
- * finite (nothing written), else 0. */
+ * finite, or when finite values this close to +-FLT_MAX make a dequantized value overflow (nothing
+ * written either way), else 0. */
 AWQ_CLONES
 static int quant_group(const float *w, int64_t g, int bits, int zero_point, float *wdq,
                        uint8_t *codes, float *scale, uint8_t *zero) {
@@ -78,6 +86,11 @@ static int quant_group(const float *w, int64_t g, int bits, int zero_point, floa
         s = fmaxf(amax, 1e-5f) / qhi;
         z = 0.0f;
     }
+    /* Ends of the grid the codes can reach: with max - min or amax near FLT_MAX, s or (q - z) * s
+     * is Inf and the group would dequantize to Inf / NaN. Symmetric codes never reach qlo
+     * (|w| / s <= qhi), so only +-qhi * s counts there. */
+    const float g_hi = (qhi - z) * s, g_lo = zero_point ? (qlo - z) * s : -g_hi;
+    if (!isfinite(g_hi) || !isfinite(g_lo)) return 1;
     *scale = s;
     *zero = (uint8_t)(zero_point ? z : -qlo);
     if (wdq) {
@@ -123,7 +136,7 @@ static int quantize_rows(const char *op, const float *w, float *w_dq, uint8_t *c
             if (zeros) zeros[n * G + j] = z;
         }
     }
-    if (bad != INT64_MAX) return group_not_finite(op, "w", w, K, g, bad / G, bad % G, err);
+    if (bad != INT64_MAX) return group_error(op, "w", w, K, g, bad / G, bad % G, err);
     return AWQ_OK;
 }
 
@@ -238,26 +251,26 @@ int awq_clip_search_f32(const float *w, const float *x, float *max_val, int64_t 
                            (long long)(bad_x / K), (long long)(bad_x % K),
                            isnan(x[bad_x]) ? "NaN" : "Inf");
 
-    /* org_max[n, j] = max |w| over the group (also the answer for ncand == 0). */
+    /* org_max[n, j] = max |w| over the group (also the answer for ncand == 0). Each group must
+     * quantize as it is (finite values, a finite grid), as pseudo_quantize requires. */
     int64_t bad_w = INT64_MAX;
 #pragma omp parallel for schedule(static) reduction(min : bad_w)
     for (int64_t n = 0; n < N; n++) {
         for (int64_t j = 0; j < G; j++) {
             const float *p = w + n * K + j * g;
-            float m = 0.0f, chk = 0.0f;
-            for (int64_t k = 0; k < g; k++) {
-                chk += p[k] - p[k];
-                m = fabsf(p[k]) > m ? fabsf(p[k]) : m;
-            }
-            if (chk != 0.0f) {
+            float s;
+            uint8_t z;
+            if (quant_group(p, g, bits, zero_point, NULL, NULL, &s, &z)) {
                 bad_w = n * G + j < bad_w ? n * G + j : bad_w;
                 break;
             }
+            float m = 0.0f;
+            for (int64_t k = 0; k < g; k++) m = fabsf(p[k]) > m ? fabsf(p[k]) : m;
             max_val[n * G + j] = m;
         }
     }
     if (bad_w != INT64_MAX)
-        return group_not_finite("clip_search", "w", w, K, g, bad_w / G, bad_w % G, err);
+        return group_error("clip_search", "w", w, K, g, bad_w / G, bad_w % G, err);
     if (ncand == 0) return AWQ_OK;
 
     const int use_gram = g <= T;

@@ -510,13 +510,17 @@ static int gemm_packed(awq_isa isa, const char *who, const float *x, const float
     {
         const int t = omp_tid(), nt = omp_nth();
         const int64_t pa = npanels * t / nt, pb = npanels * (t + 1) / nt;
-        const size_t panel = (size_t)GEMM_KC * GEMM_NR;
-        float *bp = aligned_alloc(64, (GEMM_PCH * panel + GEMM_KC + 64) * sizeof(float));
+        /* Panel buffers for the panels this thread packs at once, each only as deep as K needs
+         * (a row is 48 floats = 3 x 64 bytes, so every panel stays 64-byte aligned): a small
+         * layer gets a small buffer, not the 384 KB of the largest case. */
+        const int64_t pch = pb - pa < GEMM_PCH ? pb - pa : GEMM_PCH;
+        const size_t panel = (size_t)(K < GEMM_KC ? K : GEMM_KC) * GEMM_NR;
+        float *bp = aligned_alloc(64, ((size_t)pch * panel + GEMM_KC + 64) * sizeof(float));
         if (!bp) {
 #pragma omp atomic write
             failed = 1;
         } else {
-            float *scratch = bp + GEMM_PCH * panel;
+            float *scratch = bp + (size_t)pch * panel;
             for (int64_t k0 = 0; k0 < K; k0 += GEMM_KC) {
                 const int64_t kc = K - k0 < GEMM_KC ? K - k0 : GEMM_KC;
                 for (int64_t p0 = pa; p0 < pb; p0 += GEMM_PCH) {

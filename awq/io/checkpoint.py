@@ -96,6 +96,8 @@ def read_json(path: PathLike, what: str) -> dict:
         raise CheckpointError(
             f"{what} {path}: invalid JSON: {e.msg} at line {e.lineno} column {e.colno}"
         ) from None
+    except ValueError as e:  # an integer literal past Python's 4300-digit conversion limit
+        raise CheckpointError(f"{what} {path}: invalid JSON: {e}") from None
     except RecursionError:
         raise CheckpointError(f"{what} {path}: JSON nested too deeply") from None
     if not isinstance(value, dict):

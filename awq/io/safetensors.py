@@ -38,6 +38,8 @@ __all__ = [
 
 # The reference implementation's limit; a larger header is a corrupt or hostile file.
 MAX_HEADER_SIZE = 100_000_000
+# numpy's limit on dimensions (NPY_MAXDIMS: 32 before numpy 2, 64 since).
+MAX_NDIM = 64 if np.lib.NumpyVersion(np.__version__) >= "2.0.0" else 32
 
 # ---------------------------------------------------------------------------------------------
 # dtype table: safetensors name -> numpy dtype of the stored bytes (bf16 stored as raw uint16)
@@ -213,6 +215,8 @@ class SafetensorsFile:
             self._fail(f"duplicate key {e.key!r} in the header")
         except json.JSONDecodeError as e:
             self._fail(f"header is not valid JSON: {e.msg} at byte {e.pos}")
+        except ValueError as e:  # an integer literal past Python's 4300-digit conversion limit
+            self._fail(f"header is not valid JSON: {e}")
         except RecursionError:
             self._fail("header JSON is nested too deeply")
         # Trailing padding (spaces from writers; any JSON whitespace, as the reference reader
@@ -266,6 +270,12 @@ class SafetensorsFile:
         shape = info["shape"]
         if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
             self._fail(f"{where}: shape must be a list of non-negative integers, got {shape!r}")
+        # numpy's limits, which an empty tensor would otherwise only hit in get(): at most 64
+        # dimensions, and the extents (zeros counted as 1) times the item size within int64.
+        if len(shape) > MAX_NDIM:
+            self._fail(f"{where}: shape has {len(shape)} dimensions, more than {MAX_NDIM}")
+        if math.prod(max(d, 1) for d in shape) * DTYPES[dtype].itemsize >= 2**63:
+            self._fail(f"{where}: shape {shape} is too large to index")
         offsets = info["data_offsets"]
         if (not isinstance(offsets, list) or len(offsets) != 2
                 or not all(_is_int(o) and o >= 0 for o in offsets)):

@@ -31,11 +31,17 @@ def _float(cfg: dict, key: str, default=None, positive: bool = True) -> float:
     v = cfg.get(key, default)
     if v is None:
         raise ConfigError(f"config.json: missing required key {key!r}")
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise ConfigError(f"config.json: {key!r} must be a finite number, got {v!r}")
-    if positive and v <= 0:
+    try:
+        f = float(v)
+    except OverflowError:  # a JSON integer past the float range
+        f = math.inf
+    if not math.isfinite(f):
+        raise ConfigError(f"config.json: {key!r} must be a finite number, got {v!r}")
+    if positive and f <= 0:
         raise ConfigError(f"config.json: {key!r} must be > 0, got {v}")
-    return float(v)
+    return f
 
 
 @dataclass
@@ -80,8 +86,13 @@ class ModelConfig:
         if head_dim % 2:
             raise ConfigError(f"config.json: head_dim must be even for rotary embeddings, got {head_dim}")
         partial = _float(text, "partial_rotary_factor", 1.0)
+        if partial > 1:
+            raise ConfigError(f"config.json: partial_rotary_factor must be in (0, 1], got {partial}")
         rot = int(head_dim * partial)
         rot -= rot % 2
+        if rot < 2:
+            raise ConfigError(f"config.json: partial_rotary_factor {partial} leaves no rotary "
+                              f"dimension of head_dim {head_dim}")
         scaling = text.get("rope_scaling")
         theta = text.get("rope_theta")
         # transformers 5 moves theta and scaling under rope_parameters.
@@ -122,6 +133,15 @@ class ModelConfig:
     # ---- rotary tables ------------------------------------------------------------------
     def inv_freq(self) -> np.ndarray:
         """Rotary inverse frequencies [rot/2] (float64), with rope scaling applied."""
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore", under="ignore"):
+            inv = self._scaled_inv_freq()
+        # extreme (finite) theta or scaling factors overflow to Inf / NaN angles
+        if not np.all(np.isfinite(inv)):
+            raise ConfigError(f"config.json: rope_theta {self.rope_theta} with rope_scaling "
+                              f"{self.rope_scaling!r} gives non-finite RoPE frequencies")
+        return inv
+
+    def _scaled_inv_freq(self) -> np.ndarray:
         rot = self.rotary_dim
         inv = 1.0 / (self.rope_theta ** (np.arange(0, rot, 2, dtype=np.float64) / rot))
         sc = self.rope_scaling
