@@ -399,12 +399,12 @@ def quant_negative_group(tmp_path, tiny):
     return quant(tiny, quant_config={"q_group_size": -7})
 
 
-@case(CalibrationError, "")
+@case(CalibrationError, r"calibration data is empty \(an empty list was given\)")
 def quant_empty_calibration(tmp_path, tiny):
     return quant(tiny, calib_data=[])
 
 
-@case(CalibrationError, "")
+@case(CalibrationError, "calibration data is empty: no non-empty text")
 def quant_calibration_of_blank_texts(tmp_path, tiny):
     return quant(tiny, calib_data=["", "   "])
 
