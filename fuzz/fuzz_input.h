@@ -98,6 +98,27 @@ static inline void *fz_alloc(size_t n) {
     return p;
 }
 
+/* Coverage counts edges, not sizes: once small inputs reach every branch, libFuzzer keeps no larger
+ * input, and the properties would only ever see tiny shapes. One edge per (call site, power-of-two
+ * size class) makes it keep and mutate inputs of every size. optnone keeps the switch a jump, not
+ * a table load without edges. site: 0..3. */
+#define FZ_CASE(i) \
+    case (i): sink = (i); break;
+#define FZ_CASE4(i) FZ_CASE(i) FZ_CASE((i) + 1) FZ_CASE((i) + 2) FZ_CASE((i) + 3)
+#define FZ_CASE16(i) FZ_CASE4(i) FZ_CASE4((i) + 4) FZ_CASE4((i) + 8) FZ_CASE4((i) + 12)
+__attribute__((noinline, optnone, unused)) static void fz_size_class(int site, uint64_t n) {
+    static volatile int sink __attribute__((unused));
+    const int bits = n ? 64 - __builtin_clzll(n) : 0;
+    switch ((site & 3) * 32 + (bits < 31 ? bits : 31)) {
+        FZ_CASE16(0) FZ_CASE16(16) FZ_CASE16(32) FZ_CASE16(48)
+        FZ_CASE16(64) FZ_CASE16(80) FZ_CASE16(96) FZ_CASE16(112)
+    default: sink = -1;
+    }
+}
+#undef FZ_CASE16
+#undef FZ_CASE4
+#undef FZ_CASE
+
 /* A failed property: print it and abort, which libFuzzer records as a crash with the input. */
 #define FZ_CHECK(cond, ...)                                                                        \
     do {                                                                                           \

@@ -126,6 +126,8 @@ static void run_quantize(fz_in *in, int flags) {
     }
     (void)flags;
     const int64_t K = G * g;
+    fz_size_class(0, (uint64_t)(N * K));
+    fz_size_class(1, (uint64_t)g);
     float *w = fz_alloc((size_t)(N * K) * 4), *dq = fz_alloc((size_t)(N * K) * 4);
     float *scales = fz_alloc((size_t)(N * G) * 4);
     uint8_t *codes = fz_alloc((size_t)(N * K)), *zeros = fz_alloc((size_t)(N * G));
@@ -191,6 +193,8 @@ static void run_clip(fz_in *in) {
         else G--;
     }
     const int64_t K = G * g;
+    fz_size_class(2, (uint64_t)(N * K * T));
+    fz_size_class(3, (uint64_t)g);
     float *w = fz_alloc((size_t)(N * K) * 4), *x = fz_alloc((size_t)(T * K) * 4);
     float *max_val = fz_alloc((size_t)(N * G) * 4);
     fz_floats(in, w, N * K);

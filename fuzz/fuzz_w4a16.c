@@ -114,6 +114,8 @@ static void run_w4a16(fz_in *in, int flags) {
         else G--;
     }
     const int64_t N = 8 * W, K = G * g;
+    fz_size_class(0, (uint64_t)(M * K * N));
+    fz_size_class(1, (uint64_t)K);
     const int has_bias = flags & 2;
     float *x = fz_alloc((size_t)(M * K) * 4), *bias = has_bias ? fz_alloc((size_t)N * 4) : NULL;
     uint32_t *qw = fz_alloc((size_t)(K * W) * 4), *qz = fz_alloc((size_t)(G * W) * 4);
@@ -185,6 +187,8 @@ static void run_f16(fz_in *in, int flags) {
         if (K > 1) K = (K + 1) / 2;
         else N = (N + 1) / 2;
     }
+    fz_size_class(2, (uint64_t)(M * K * N));
+    fz_size_class(3, (uint64_t)K);
     const int has_bias = flags & 2;
     float *x = fz_alloc((size_t)(M * K) * 4), *bias = has_bias ? fz_alloc((size_t)N * 4) : NULL;
     uint16_t *w = fz_alloc((size_t)(N * K) * 2);

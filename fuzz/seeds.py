@@ -62,6 +62,15 @@ def main() -> None:
     recs = [(0x3C00, 1.0), (0x7BFF, 65504.0), (0x0001, 2.0**-24), (0x3C01, 1.0 + 2.0**-11),
             (0x7C00, 65520.0), (0x7E00, float("nan")), (0x8400, -2.0**-25 * 3)]
     write("fuzz_fp16", "values", b"".join(struct.pack("<Hf", h, f) for h, f in recs))
+    # larger cases (their own generator, so the ones above stay byte-identical): W4A16 GEMM over
+    # two 256-row K blocks (K = 280); quantize N=8 G=4 g=64 3-bit symmetric; clip search N=4 G=2
+    # g=32 T=8 8-bit, n_grid=20, shrink=0.5
+    rng = random.Random(1)
+    write("fuzz_w4a16", "gemm_two_kblocks", w4a16_case(rng, 9, 1, 4, 70))
+    big = bytes([0, 0, 8, 3, 63, 1, 0]) + bytes(palette(rng.uniform(-7, 6.9)) for _ in range(8 * 256))
+    write("fuzz_quant", "quantize_big", big)
+    c = bytes([1, 0, 4, 1, 31, 7, 3, 1, 19, 8])
+    write("fuzz_quant", "clip_big", c + bytes(palette(rng.uniform(-3, 3)) for _ in range((4 + 8) * 64)))
 
 
 if __name__ == "__main__":
