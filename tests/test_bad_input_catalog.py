@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from awq import AutoAWQForCausalLM
-from awq.io.checkpoint import CheckpointError, open_checkpoint, write_checkpoint
+from awq.io.checkpoint import CheckpointError
 from awq.io.safetensors import SafetensorsError, SafetensorsFile, save_file
 from awq.models.config import ConfigError
 from awq.quantize.calib import CalibrationError
@@ -277,53 +277,30 @@ def config_is_a_list(tmp_path, tiny):
     return load(f)
 
 
-@case(ConfigError, "hidden_size")
-def config_hidden_size_string(tmp_path, tiny):
-    f = copy_folder(tiny, tmp_path / "m")
-    edit_config(f, hidden_size="64")
-    return load(f)
+# config.json values: (row name, changes, exception, message)
+CONFIG_ROWS = [
+    ("config_hidden_size_string", {"hidden_size": "64"}, ConfigError, "hidden_size"),
+    ("config_zero_heads", {"num_attention_heads": 0}, ConfigError, "num_attention_heads"),
+    ("config_heads_not_divisible", {"num_key_value_heads": 3}, ConfigError, "num_key_value_heads|num_attention_heads"),
+    ("config_negative_eps", {"rms_norm_eps": -1e-5}, ConfigError, "rms_norm_eps"),
+    ("config_unknown_rope_scaling", {"rope_scaling": {"rope_type": "yarnish", "factor": 2.0}}, ConfigError,
+     "rope_scaling type 'yarnish'"),
+    ("config_unknown_model_type", {"model_type": "frobnicator"}, TypeError, "isn't supported yet"),
+    ("config_disagrees_with_tensors", {"hidden_size": 128}, ValueError, "hidden size 64, config says 128"),
+]
 
 
-@case(ConfigError, "num_attention_heads")
-def config_zero_heads(tmp_path, tiny):
-    f = copy_folder(tiny, tmp_path / "m")
-    edit_config(f, num_attention_heads=0)
-    return load(f)
+def _config_row(changes):
+    def build(tmp_path, tiny):
+        f = copy_folder(tiny, tmp_path / "m")
+        edit_config(f, **changes)
+        return load(f)
+
+    return build
 
 
-@case(ConfigError, "num_key_value_heads|num_attention_heads")
-def config_heads_not_divisible(tmp_path, tiny):
-    f = copy_folder(tiny, tmp_path / "m")
-    edit_config(f, num_key_value_heads=3)
-    return load(f)
-
-
-@case(ConfigError, "rms_norm_eps")
-def config_negative_eps(tmp_path, tiny):
-    f = copy_folder(tiny, tmp_path / "m")
-    edit_config(f, rms_norm_eps=-1e-5)
-    return load(f)
-
-
-@case(ConfigError, "rope_scaling type 'yarnish'")
-def config_unknown_rope_scaling(tmp_path, tiny):
-    f = copy_folder(tiny, tmp_path / "m")
-    edit_config(f, rope_scaling={"rope_type": "yarnish", "factor": 2.0})
-    return load(f)
-
-
-@case(TypeError, "isn't supported yet")
-def config_unknown_model_type(tmp_path, tiny):
-    f = copy_folder(tiny, tmp_path / "m")
-    edit_config(f, model_type="frobnicator")
-    return load(f)
-
-
-@case(ValueError, "hidden size 64, config says 128")
-def config_disagrees_with_tensors(tmp_path, tiny):
-    f = copy_folder(tiny, tmp_path / "m")
-    edit_config(f, hidden_size=128)
-    return load(f)
+for _name, _changes, _exc, _match in CONFIG_ROWS:
+    CASES[_name] = (_config_row(_changes), _exc, _match)
 
 
 @case(CheckpointError, "only PyTorch pickle checkpoints")

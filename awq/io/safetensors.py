@@ -459,13 +459,22 @@ def save_file(
     # Write a temp file beside `path`, then rename: a reader never sees a partial file, and
     # overwriting a file whose mmap views are the input (re-saving in place) cannot truncate the
     # pages being copied.
+    def write(fh):
+        fh.write(len(blob).to_bytes(8, "little"))
+        fh.write(blob)
+        for _, _, arr in stored:
+            _write_array(fh, arr)
+
+    write_atomic(path, write)
+
+
+def write_atomic(path: str, write, binary: bool = True) -> None:
+    """write(fh) into a new temp file beside `path`, fsync, then rename over `path`; on any error
+    the temp file is removed and `path` is untouched."""
     tmp = f"{path}.tmp-{secrets.token_hex(4)}"
     try:
-        with open(tmp, "xb") as fh:
-            fh.write(len(blob).to_bytes(8, "little"))
-            fh.write(blob)
-            for _, _, arr in stored:
-                _write_array(fh, arr)
+        with open(tmp, "xb" if binary else "x", **({} if binary else {"encoding": "utf-8"})) as fh:
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)

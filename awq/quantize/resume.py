@@ -26,12 +26,11 @@ import hashlib
 import json
 import os
 import re
-import secrets
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from awq.io.safetensors import SafetensorsFile, save_file
+from awq.io.safetensors import SafetensorsFile, save_file, write_atomic
 
 FORMAT = "awq-resume/1"
 MANIFEST = "manifest.json"
@@ -103,19 +102,7 @@ def _fsync_dir(path: str) -> None:
 
 
 def _write_json_atomic(path: str, obj: dict) -> None:
-    tmp = f"{path}.tmp-{secrets.token_hex(4)}"
-    try:
-        with open(tmp, "x", encoding="utf-8") as fh:
-            fh.write(json.dumps(obj, indent=1, sort_keys=True) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_atomic(path, lambda fh: fh.write(json.dumps(obj, indent=1, sort_keys=True) + "\n"), binary=False)
     _fsync_dir(os.path.dirname(path))
 
 
