@@ -287,6 +287,8 @@ CONFIG_ROWS = [
      "rope_scaling type 'yarnish'"),
     ("config_unknown_model_type", {"model_type": "frobnicator"}, TypeError, "isn't supported yet"),
     ("config_disagrees_with_tensors", {"hidden_size": 128}, ValueError, "hidden size 64, config says 128"),
+    ("config_tie_embeddings_string", {"tie_word_embeddings": "false"}, ConfigError,
+     "tie_word_embeddings must be true or false"),
 ]
 
 
@@ -468,6 +470,21 @@ def awq_quant_config_group_size_string(tmp_path, tiny):
     edit_config(q, quantization_config={"quant_method": "awq", "bits": 4, "group_size": "32", "zero_point": True,
                                         "version": "gemm"})
     return lambda: AutoAWQForCausalLM.from_quantized(q)
+
+
+@case(ValueError, "w_bit must be one of the integers")
+def quant_float_bits(tmp_path, tiny):
+    return quant(tiny, quant_config={"w_bit": 4.0, "q_group_size": 32})
+
+
+@case(ValueError, "zero_point must be true or false")
+def quant_zero_point_string(tmp_path, tiny):
+    return quant(tiny, quant_config={"zero_point": "false", "q_group_size": 32})
+
+
+@case(ValueError, "modules_to_not_convert must be a list")
+def quant_modules_not_a_list(tmp_path, tiny):
+    return quant(tiny, quant_config={"q_group_size": 32, "modules_to_not_convert": "lm_head"})
 
 
 # ------------------------------------------------------------------ runtime inputs

@@ -69,7 +69,7 @@ def normalize_quant_config(qc: Optional[dict]) -> dict:
     """AutoAWQ quant_config (zero_point, q_group_size, w_bit, version, modules_to_not_convert)."""
     qc = dict(qc or {})
     out = {
-        "zero_point": bool(qc.pop("zero_point", True)),
+        "zero_point": qc.pop("zero_point", True),
         "q_group_size": qc.pop("q_group_size", qc.pop("group_size", 128)),
         "w_bit": qc.pop("w_bit", qc.pop("bits", 4)),
         "version": str(qc.pop("version", "gemm")).lower(),
@@ -83,8 +83,14 @@ def normalize_quant_config(qc: Optional[dict]) -> dict:
     g = out["q_group_size"]
     if isinstance(g, bool) or not isinstance(g, int) or not (g == -1 or g > 0):
         raise ValueError(f"q_group_size must be a positive integer or -1, got {g!r}")
-    if out["w_bit"] not in (2, 3, 4, 8):
-        raise ValueError(f"w_bit must be one of 2, 3, 4, 8, got {out['w_bit']!r}")
+    w = out["w_bit"]
+    if isinstance(w, bool) or not isinstance(w, int) or w not in (2, 3, 4, 8):
+        raise ValueError(f"w_bit must be one of the integers 2, 3, 4, 8, got {w!r}")
+    if not isinstance(out["zero_point"], bool):
+        raise ValueError(f"zero_point must be true or false, got {out['zero_point']!r}")
+    m = out["modules_to_not_convert"]
+    if m is not None and (not isinstance(m, list) or not all(isinstance(e, str) and e for e in m)):
+        raise ValueError(f"modules_to_not_convert must be a list of non-empty strings, got {m!r}")
     return out
 
 

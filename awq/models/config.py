@@ -27,6 +27,15 @@ def _int(cfg: dict, key: str, default=None, minimum: int = 1) -> int:
     return v
 
 
+def _bool(cfg: dict, key: str, default: bool) -> bool:
+    v = cfg.get(key, default)
+    if v is None:
+        return default
+    if not isinstance(v, bool):
+        raise ConfigError(f"config.json: {key} must be true or false, got {v!r}")
+    return v
+
+
 def _float(cfg: dict, key: str, default=None, positive: bool = True) -> float:
     v = cfg.get(key, default)
     if v is None:
@@ -107,7 +116,7 @@ class ModelConfig:
         if scaling is not None and not isinstance(scaling, dict):
             raise ConfigError(f"config.json: rope_scaling must be an object or null, got {scaling!r}")
         sw = text.get("sliding_window")
-        use_sw = text.get("use_sliding_window", True)
+        use_sw = _bool(text, "use_sliding_window", True)
         sliding = int(sw) if (isinstance(sw, int) and not isinstance(sw, bool) and sw > 0 and use_sw) else 0
         out = cls(
             raw=cfg,
@@ -123,7 +132,7 @@ class ModelConfig:
             rope_theta=theta,
             rotary_dim=rot,
             rope_scaling=scaling,
-            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", text.get("tie_word_embeddings", False))),
+            tie_word_embeddings=_bool(cfg, "tie_word_embeddings", _bool(text, "tie_word_embeddings", False)),
             sliding_window=sliding,
             max_position_embeddings=_int(text, "max_position_embeddings", 2048),
         )
