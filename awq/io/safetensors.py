@@ -349,13 +349,15 @@ class SafetensorsFile:
         return arr
 
     def get_float32(self, name: str) -> np.ndarray:
-        """A new float32 array from an F16, BF16, F32 or F64 tensor."""
+        """A new float32 array from an F16, BF16, F32 or F64 tensor. F64 values beyond the float32
+        range become +-Inf, which the quantizer and loaders then report as non-finite weights."""
         dtype = self._entry(name).dtype
         raw = self.get(name)
         if dtype == "BF16":
             return bf16_to_float32(raw)
         if dtype in ("F16", "F32", "F64"):
-            return raw.astype(np.float32)  # astype always copies here
+            with np.errstate(over="ignore"):
+                return raw.astype(np.float32)  # astype always copies here
         raise TypeError(f"tensor {name!r} in {self.path} is {dtype}, not a float type")
 
     # -- lifecycle -----------------------------------------------------------------------------
