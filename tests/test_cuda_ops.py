@@ -435,3 +435,15 @@ def test_quantize_gemm_rejects_bad_input(rng):
         gpu.quantize_gemm(gpu.from_numpy(w[:12]), 32)
     with pytest.raises(ValueError, match="does not divide"):
         gpu.quantize_gemm(gpu.from_numpy(w), 48)
+
+
+def test_grid_overflow_near_flt_max_is_refused_like_the_cpu():
+    w = np.zeros((8, 32), np.float32)
+    w[5, 40 % 32] = 3.0e38
+    w[5, 0] = -3.0e38  # finite, but max - min overflows float32
+    with pytest.raises(FloatingPointError, match="row 5, group 0"):
+        C.pseudo_quantize(w, 32, 4, True)  # the CPU core's verdict
+    with pytest.raises(FloatingPointError, match="row 5, group 0 .*overflows float32"):
+        gpu.pseudo_quantize(gpu.from_numpy(w), 32, 4, True)
+    with pytest.raises(FloatingPointError, match="row 5, group 0 .*overflows float32"):
+        gpu.quantize_gemm(gpu.from_numpy(w), 32, True)

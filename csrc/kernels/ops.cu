@@ -845,6 +845,14 @@ __device__ __forceinline__ QParams qparams(float mx, float mn, int bits, int zer
     return p;
 }
 
+/* The ends of the grid the codes can reach are finite (quant.c's quant_group check): false when a
+ * group's range is so close to FLT_MAX that s or (q - z) * s overflows. */
+__device__ __forceinline__ bool grid_finite(QParams p, int zero_point) {
+    const float hi = __fmul_rn(__fsub_rn(p.qhi, p.z), p.s);
+    const float lo = zero_point ? __fmul_rn(__fsub_rn(p.qlo, p.z), p.s) : -hi;
+    return isfinite(hi) && isfinite(lo);
+}
+
 __device__ __forceinline__ float qdq(float w, QParams p) {
     float q = __fadd_rn(rintf(__fdiv_rn(w, p.s)), p.z);
     q = q < p.qlo ? p.qlo : (q > p.qhi ? p.qhi : q);
@@ -885,6 +893,10 @@ __global__ void pseudo_quantize_kernel(const T *w, T *wdq, int64_t N, int64_t K,
             continue;
         }
         const QParams qp = qparams(mx, mn, bits, zero_point);
+        if (bad && !grid_finite(qp, zero_point)) { /* unchecked calls write the Inf / NaN values */
+            if (lane == 0) atomicMin(bad, (unsigned long long)grp);
+            continue;
+        }
         for (int64_t i = lane; i < g; i += 32) out[i] = from_f<T>(qdq(to_f(p[i]), qp));
     }
 }
@@ -929,6 +941,11 @@ static int report_bad_group(awq_cuda_ctx *ctx, const char *op, int dt, const voi
             }
         }
     }
+    if (first < 0)
+        return awq_set_err(err, AWQ_ERR_NUMERIC,
+                           "%s: w row %lld, group %lld (columns %lld..%lld): the quantization grid of this "
+                           "group overflows float32 (its range is too close to FLT_MAX)",
+                           op, (long long)n, (long long)jg, (long long)(jg * g), (long long)(jg * g + g - 1));
     return awq_set_err(err, AWQ_ERR_NUMERIC,
                        "%s: w row %lld, group %lld (columns %lld..%lld) holds %s at column %lld; "
                        "weights must be finite",
@@ -1458,6 +1475,10 @@ __global__ void group_params_kernel(const T *w, float *scales, uint8_t *zeros, i
         }
         if (lane == 0) {
             const QParams qp = qparams(mx, mn, bits, zero_point);
+            if (!grid_finite(qp, zero_point)) {
+                atomicMin(bad, (unsigned long long)grp);
+                continue;
+            }
             scales[grp] = qp.s;
             zeros[grp] = (uint8_t)(zero_point ? qp.z : -qp.qlo);
         }
