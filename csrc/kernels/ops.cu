@@ -1314,26 +1314,25 @@ __global__ void scale_cols_kernel(const T *x, const float *s, T *y, int64_t M, i
     }
 }
 
-extern "C" int awq_cuda_scale_cols(awq_cuda_ctx *ctx, int dt, const void *x, const float *s, void *y,
-                                   int64_t M, int64_t K, int inverse, void *stream, awq_err *err) {
-    int st = check_nonneg("scale_cols", M, K, err);
+static int scale_lines(awq_cuda_ctx *ctx, const char *op, int dt, const void *x, const float *s, void *y,
+                       int64_t M, int64_t K, int inverse, int per_row, void *stream, awq_err *err) {
+    int st = check_nonneg(op, M, K, err);
     if (st || M * K == 0) return st;
     if ((st = awq_cuda_ctx_activate(ctx, err))) return st;
-    DISPATCH_FLOAT("scale_cols", dt, T,
+    DISPATCH_FLOAT(op, dt, T,
                    scale_cols_kernel<T><<<grid_for(M * K, 256), 256, 0, (gpuStream_t)stream>>>(
-                       (const T *)x, s, (T *)y, M, K, inverse, 0));
+                       (const T *)x, s, (T *)y, M, K, inverse, per_row));
     return launch_check("scale_cols_kernel", err);
+}
+
+extern "C" int awq_cuda_scale_cols(awq_cuda_ctx *ctx, int dt, const void *x, const float *s, void *y,
+                                   int64_t M, int64_t K, int inverse, void *stream, awq_err *err) {
+    return scale_lines(ctx, "scale_cols", dt, x, s, y, M, K, inverse, 0, stream, err);
 }
 
 extern "C" int awq_cuda_scale_rows(awq_cuda_ctx *ctx, int dt, const void *x, const float *s, void *y,
                                    int64_t M, int64_t K, int inverse, void *stream, awq_err *err) {
-    int st = check_nonneg("scale_rows", M, K, err);
-    if (st || M * K == 0) return st;
-    if ((st = awq_cuda_ctx_activate(ctx, err))) return st;
-    DISPATCH_FLOAT("scale_rows", dt, T,
-                   scale_cols_kernel<T><<<grid_for(M * K, 256), 256, 0, (gpuStream_t)stream>>>(
-                       (const T *)x, s, (T *)y, M, K, inverse, 1));
-    return launch_check("scale_cols_kernel", err);
+    return scale_lines(ctx, "scale_rows", dt, x, s, y, M, K, inverse, 1, stream, err);
 }
 
 /* Block partial sums of (a - b)^2 in double, one atomicAdd per block (loss of one AWQ candidate). */
