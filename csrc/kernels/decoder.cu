@@ -26,40 +26,13 @@
 
 #include "awq_cuda.h"
 #include "decoder_cuda.h"
+#include "device_common.cuh"
 #include "ops_cuda.h"
 #include "w4a16_cuda.h"
 
 namespace {
 
-__device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
-__device__ __forceinline__ float to_f(gpu_bf16 x) { return __bfloat162float(x); }
-template <typename T> __device__ __forceinline__ T from_f(float x);
-template <> __device__ __forceinline__ __half from_f<__half>(float x) { return __float2half_rn(x); }
-template <> __device__ __forceinline__ gpu_bf16 from_f<gpu_bf16>(float x) { return __float2bfloat16_rn(x); }
 template <typename T> __device__ __forceinline__ float rnd(float x) { return to_f(from_f<T>(x)); }
-
-__device__ __forceinline__ float warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += GPU_SHFL_XOR(v, o);
-    return v;
-}
-
-/* Sum over the block (blockDim.x a multiple of 32, <= 1024); every thread gets the result. */
-__device__ float block_sum(float v) {
-    __shared__ float part[32];
-    __shared__ float total;
-    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    v = warp_sum(v);
-    __syncthreads(); /* part / total may still be read by a previous call */
-    if (lane == 0) part[w] = v;
-    __syncthreads();
-    if (w == 0) {
-        float s = lane < nw ? part[lane] : 0.0f;
-        s = warp_sum(s);
-        if (lane == 0) total = s;
-    }
-    __syncthreads();
-    return total;
-}
 
 template <typename T> __global__ void embed_kernel(const int32_t *ids, const T *table, T *x, int64_t D) {
     const int64_t m = blockIdx.x;
@@ -258,11 +231,6 @@ __global__ void decode_combine_kernel(const float *part, T *out, int Hq, int hd,
             for (int c = 0; c < nsplit; c++) acc += exp2f(p[c * (hd + 2)] - M) * p[c * (hd + 2) + 2 + i];
         out[(b * Hq + h) * (int64_t)hd + i] = from_f<T>(acc * inv);
     }
-}
-
-unsigned grid_for(int64_t n, int threads) {
-    int64_t b = (n + threads - 1) / threads;
-    return (unsigned)(b < 65535 ? (b > 0 ? b : 1) : 65535);
 }
 
 } // namespace

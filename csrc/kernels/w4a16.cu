@@ -89,6 +89,7 @@
 #include <string.h>
 
 #include "awq_cuda.h"
+#include "device_common.cuh"
 #include "w4a16_cuda.h"
 
 /* ================================================================ checks */
@@ -177,15 +178,7 @@ struct F16 {
         a[3] = u(__hmul2(__hfma2(h(h3), r16, h(d.zh)), h(d.sh)));
     }
     static __device__ __forceinline__ void mma(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
-#if AWQ_GPU_PTX
-        asm volatile(
-            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-            "{%8, %9}, {%0, %1, %2, %3};"
-            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-#else
-        __trap(); /* never launched: the MMA path and the gemv mma engine are refused without PTX */
-#endif
+        mma16816_f16(c, a, b0, b1); /* traps without PTX: the MMA path and the gemv mma engine are refused there */
     }
     static __device__ __forceinline__ float2 f2(uint32_t v) { return __half22float2(h(v)); }
     static __device__ __forceinline__ uint32_t pack(float a, float b) { return u(__floats2half2_rn(a, b)); }
@@ -221,15 +214,7 @@ struct BF16 {
         a[3] = u(__hmul2(__hsub2(h(h3), h(d.zh)), h(d.sh)));
     }
     static __device__ __forceinline__ void mma(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
-#if AWQ_GPU_PTX
-        asm volatile(
-            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-            "{%8, %9}, {%0, %1, %2, %3};"
-            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-#else
-        __trap(); /* never launched: the MMA path and the gemv mma engine are refused without PTX */
-#endif
+        mma16816_bf16(c, a, b0, b1); /* traps without PTX: the MMA path and the gemv mma engine are refused there */
     }
     static __device__ __forceinline__ float2 f2(uint32_t v) { return __bfloat1622float2(h(v)); }
     static __device__ __forceinline__ uint32_t pack(float a, float b) { return u(__floats2bfloat162_rn(a, b)); }
