@@ -15,7 +15,6 @@ Python parsers (hypothesis):
     overflows gave Inf / NaN frequencies.
 """
 import json
-import os
 import struct
 
 import numpy as np

@@ -22,7 +22,7 @@ of 16, block kinds other than "llama".
 """
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List
 
 import numpy as np
 
