@@ -65,7 +65,7 @@ def test_layer_forward_matches_reference(tiny):
     model = AutoAWQForCausalLM.from_pretrained(folder)
     rng = np.random.default_rng(3)
     x = rng.normal(size=(3, 7, cfg["hidden_size"])).astype(np.float32)
-    got = layer_forward(model.spec, model.cfg, model._float_layer(1), x, block_rope(model.cfg, 3, 7))
+    got = layer_forward(model.spec, model.cfg, model.plans[1], model._float_layer(1), x, block_rope(model.cfg, 3, 7))
     want = ref_layer(cfg, t64, 1, x.astype(np.float64))
     assert rel_err(got, want) < 1e-5
 
@@ -85,8 +85,8 @@ def _layer_mse(model_q, model_f, ids):
     rope = block_rope(model_f.cfg, B, T)
     tot = 0.0
     for i in range(model_f.cfg.num_layers):
-        yf = layer_forward(model_f.spec, model_f.cfg, rt_f.get_layer(i), x, rope)
-        yq = layer_forward(model_q.spec, model_q.cfg, rt_q.get_layer(i), x, rope)
+        yf = layer_forward(model_f.spec, model_f.cfg, model_f.plans[i], rt_f.get_layer(i), x, rope)
+        yq = layer_forward(model_q.spec, model_q.cfg, model_q.plans[i], rt_q.get_layer(i), x, rope)
         tot += float(np.mean((yf - yq) ** 2))
         x = yf
     return tot

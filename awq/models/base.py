@@ -109,8 +109,10 @@ class BaseAWQForCausalLM:
                  layers: Optional[List[Dict]] = None):
         self.model_path = model_path
         self.config = config
-        self.cfg = ModelConfig.from_dict(config)
         self.ckpt = ckpt
+        self.spec = _resolve_spec(type(self).spec, config, ckpt)
+        self.cfg = ModelConfig.from_dict(config, self.spec.config_adapter)
+        self.plans = [self.spec.plan(self.cfg, i) for i in range(self.cfg.num_layers)]
         self.is_quantized = is_quantized
         self.quant_config = quant_config
         self._layers = layers  # None: read float layers from the checkpoint
@@ -166,23 +168,39 @@ class BaseAWQForCausalLM:
     def _check_tensors(self):
         """Fails early, naming the tensor, when the checkpoint lacks what the spec needs."""
         spec, ck = self.spec, self.ckpt
-        if spec.embed not in ck:
-            raise ValueError(f"{self.model_path}: missing tensor {spec.embed}")
-        if spec.final_norm not in ck:
-            raise ValueError(f"{self.model_path}: missing tensor {spec.final_norm}")
+        for name in (spec.embed, spec.final_norm, spec.pos_embed, spec.embed_norm):
+            if name and name not in ck:
+                raise ValueError(f"{self.model_path}: missing tensor {name} (model_type {spec.model_type!r})")
+        if len(ck.shape(spec.embed)) != 2:
+            raise ValueError(f"{spec.embed} must be 2-D, got shape {ck.shape(spec.embed)}")
         V, D = ck.shape(spec.embed)
         if D != self.cfg.hidden_size:
             raise ValueError(f"{spec.embed} has hidden size {D}, config says {self.cfg.hidden_size}")
-        for i in (0, self.cfg.num_layers - 1):
-            for n in spec.norm_names():
-                if self._name(i, n + ".weight") not in ck:
-                    raise ValueError(f"{self.model_path}: missing tensor {self._name(i, n + '.weight')}")
+        for i in sorted({0, self.cfg.num_layers - 1}):
+            for n, shape in self.plans[i].norms.items():
+                name = self._name(i, n + ".weight")
+                if name not in ck:
+                    raise ValueError(f"{self.model_path}: missing tensor {name}")
+                if tuple(ck.shape(name)) != shape:
+                    raise ValueError(f"{name}: shape {tuple(ck.shape(name))}, expected {shape} from config.json")
 
-    def _expected_shape(self, lin: str):
-        c, s = self.cfg, self.spec
-        D, F, Hq, Hkv, d = c.hidden_size, c.intermediate_size, c.num_heads, c.num_kv_heads, c.head_dim
-        return {s.q: (Hq * d, D), s.k: (Hkv * d, D), s.v: (Hkv * d, D), s.o: (D, Hq * d),
-                s.gate: (F, D), s.up: (F, D), s.down: (D, F)}[lin]
+    def _expected_shape(self, lin: str, i: int = 0):
+        """(out_features, in_features) of linear `lin` of layer i, from config.json."""
+        return self.plans[i].linears[lin]
+
+    def _layer_extras(self, i: int, as_f32=True) -> Dict[str, np.ndarray]:
+        """Layer i's 1-D tensors: norm weights and biases (LayerNorm), the MoE router's correction bias."""
+        ck, plan, out = self.ckpt, self.plans[i], {}
+        for n in plan.norms:
+            out[n + ".weight"] = ck.get_float32(self._name(i, n + ".weight"))
+            if self._name(i, n + ".bias") in ck:
+                out[n + ".bias"] = ck.get_float32(self._name(i, n + ".bias"))
+        if plan.moe is not None and plan.moe.router_bias:
+            name = self._name(i, plan.moe.router_bias)
+            if name not in ck:
+                raise ValueError(f"{self.model_path}: missing tensor {name}")
+            out[plan.moe.router_bias] = ck.get_float32(name)
+        return out
 
     def _tensor_f16_or_f32(self, name: str) -> np.ndarray:
         """An fp16 tensor as its zero-copy view of the mmap; any other float dtype as fp32."""
@@ -190,22 +208,21 @@ class BaseAWQForCausalLM:
         return ck.get(name) if ck.dtype(name) == "F16" else ck.get_float32(name)
 
     def load_layer_f32(self, i: int) -> Dict[str, np.ndarray]:
-        """Layer i's float tensors as fp32 copies: '<linear>.weight', '<linear>.bias', '<norm>.weight'."""
-        spec, ck = self.spec, self.ckpt
+        """Layer i's float tensors as fp32 copies: '<linear>.weight', '<linear>.bias', '<norm>.weight',
+        '<norm>.bias' (LayerNorm), and the router correction bias (DeepSeek-V3)."""
+        ck = self.ckpt
         out = {}
-        for lin in spec.linear_names():
+        for lin, shape in self.plans[i].linears.items():
             name = self._name(i, lin + ".weight")
             if name not in ck:
                 raise ValueError(f"{self.model_path}: missing tensor {name}")
-            w = ck.get_float32(name)
-            if w.shape != self._expected_shape(lin):
-                raise ValueError(f"{name}: shape {w.shape}, expected {self._expected_shape(lin)} from config.json")
-            out[lin + ".weight"] = w
+            if tuple(ck.shape(name)) != shape:
+                raise ValueError(f"{name}: shape {tuple(ck.shape(name))}, expected {shape} from config.json")
+            out[lin + ".weight"] = ck.get_float32(name)
             bname = self._name(i, lin + ".bias")
             if bname in ck:
                 out[lin + ".bias"] = ck.get_float32(bname)
-        for n in spec.norm_names():
-            out[n + ".weight"] = ck.get_float32(self._name(i, n + ".weight"))
+        out.update(self._layer_extras(i))
         return out
 
     def _float_layer(self, i: int) -> Dict:
@@ -215,10 +232,14 @@ class BaseAWQForCausalLM:
         cache = self._float_cache
         if i in cache:
             return cache[i]
-        spec, ck = self.spec, self.ckpt
+        ck = self.ckpt
         W, converted = {}, False
-        for lin in spec.linear_names():
+        for lin, shape in self.plans[i].linears.items():
             wname, bname = self._name(i, lin + ".weight"), self._name(i, lin + ".bias")
+            if wname not in ck:
+                raise ValueError(f"{self.model_path}: missing tensor {wname}")
+            if tuple(ck.shape(wname)) != shape:
+                raise ValueError(f"{wname}: shape {tuple(ck.shape(wname))}, expected {shape} from config.json")
             if ck.dtype(wname) == "F16":
                 w = ck.get(wname)
             else:
@@ -227,19 +248,17 @@ class BaseAWQForCausalLM:
                 if ck.dtype(wname) == "BF16" and np.abs(w).max(initial=0.0) < 6e4:
                     w = w.astype(np.float16)
             W[lin] = make_linear(w, ck.get_float32(bname) if bname in ck else None)
-        for n in spec.norm_names():
-            W[n] = ck.get_float32(self._name(i, n + ".weight"))
+        W.update(_norm_modules(self._layer_extras(i)))
         if converted:
             cache[i] = W
         return W
 
     def _load_quantized_layer(self, i: int) -> Dict:
-        spec, ck, qc = self.spec, self.ckpt, self.quant_config
+        ck, qc, plan = self.ckpt, self.quant_config, self.plans[i]
         W = {}
-        for lin in spec.linear_names():
+        for lin, (N, K) in plan.linears.items():
             base = self._name(i, lin)
             bias = ck.get_float32(base + ".bias") if base + ".bias" in ck else None
-            N, K = self._expected_shape(lin)
             if base + ".qweight" in ck:
                 for part in ("qzeros", "scales"):
                     if f"{base}.{part}" not in ck:
@@ -258,39 +277,82 @@ class BaseAWQForCausalLM:
                 except ValueError as e:
                     raise ValueError(f"{base}: {e}") from None
             elif base + ".weight" in ck:
+                if tuple(ck.shape(base + ".weight")) != (N, K):
+                    raise ValueError(f"{base}.weight: shape {tuple(ck.shape(base + '.weight'))}, expected {(N, K)}")
                 W[lin] = make_linear(self._tensor_f16_or_f32(base + ".weight"), bias)
             else:
                 raise ValueError(f"{self.model_path}: neither {base}.qweight nor {base}.weight is present")
-        for n in spec.norm_names():
-            W[n] = ck.get_float32(self._name(i, n + ".weight"))
+        W.update(_norm_modules(self._layer_extras(i)))
         return W
 
     def embed_tokens(self, ids: np.ndarray) -> np.ndarray:
         return self.runtime().embed_tokens(ids)
 
     # ---- runtime -----------------------------------------------------------------------------
+    def _model_tensors(self) -> Dict:
+        """The model-wide pieces the runtime needs besides the layers: final norm (+ bias), the
+        embedding norm (BLOOM), learned positions, lm_head (tied models store none) with its bias."""
+        spec, ck = self.spec, self.ckpt
+        out = {"final_norm": ck.get_float32(spec.final_norm)}
+        fb = _bias_name(spec.final_norm)
+        if fb in ck:
+            out["final_norm.bias"] = ck.get_float32(fb)
+        if spec.embed_norm:
+            out["embed_norm"] = ck.get_float32(spec.embed_norm)
+            if _bias_name(spec.embed_norm) in ck:
+                out["embed_norm.bias"] = ck.get_float32(_bias_name(spec.embed_norm))
+        if spec.pos_embed:
+            out["pos_embed"] = ck.get_float32(spec.pos_embed)
+        head = spec.lm_head if spec.lm_head in ck else spec.embed
+        w = self._tensor_f16_or_f32(head)
+        if self.cfg.lm_head_norm:  # Baichuan2's NormHead: rows are L2-normalised at run time
+            w32 = np.asarray(w, np.float32)
+            w = (w32 / np.maximum(np.linalg.norm(w32, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+        hb = _bias_name(spec.lm_head)
+        out["lm_head"] = make_linear(w, ck.get_float32(hb) if hb in ck else None)
+        return out
+
+    def gpu_supported(self) -> bool:
+        """Whether the GPU runtimes and the GPU quantizer cover this model's block: the Llama-family
+        blocks (RMSNorm, rotate-half RoPE, q/k/v, gated SiLU MLP) with no model-wide extras."""
+        s, c = self.spec, self.cfg
+        return (s.block == "sequential" and s.norm_kind in ("rms", "rms_unit") and s.attn == "mha" and not s.qkv
+                and s.position == "rope" and s.mlp == "gated" and c.act == "silu" and not s.attn_out_norm
+                and not s.mlp_out_norm and not s.pos_embed and not s.embed_norm and c.embed_scale is None
+                and c.residual_scale is None and c.logit_scale is None and not c.attn_softcap
+                and not c.final_softcap and c.attn_scale is None and not c.layer_types and not c.lm_head_norm
+                and c.rope_attention_factor() == 1.0)
+
+    def _run_device(self) -> str:
+        if self.run_device.startswith("cuda") and not self.gpu_supported():
+            if not getattr(self, "_cpu_note", False):
+                print(f"awq: the GPU runtime does not cover {self.spec.model_type!r} blocks yet; running on the CPU",
+                      file=sys.stderr, flush=True)
+                self._cpu_note = True
+            return "cpu"
+        return self.run_device
+
     def runtime(self) -> DecoderLM:
         if self._runtime is None:
             spec, ck, cfg = self.spec, self.ckpt, self.cfg
             embed, edt = ck.get(spec.embed), ck.dtype(spec.embed)
-            # untied head, or the embeddings (tied models store no lm_head)
-            lm_head = make_linear(self._tensor_f16_or_f32(spec.lm_head if spec.lm_head in ck else spec.embed))
-            final_norm = ck.get_float32(spec.final_norm)
+            mt = self._model_tensors()
             if self._layers is not None:
                 layers = [_runtime_modules(l) for l in self._layers]
                 get_layer = layers.__getitem__
             else:
                 get_layer = self._float_layer
-            if self.run_device.startswith("cuda"):
+            if self._run_device().startswith("cuda"):
                 from awq._backend import cuda_index
                 from awq.runtime.gpu_model import GpuDevice, gpu_layers
 
                 dev = GpuDevice("float16", cuda_index(self.run_device))
                 layers = gpu_layers(dev, [get_layer(i) for i in range(cfg.num_layers)])
-                self._runtime = DecoderLM(spec, cfg, embed, edt, dev.norm(final_norm),
-                                          dev.dense(lm_head.weight), layers.__getitem__, device=dev)
+                mt = dict(mt, final_norm=dev.norm(mt["final_norm"]), lm_head=dev.dense(mt["lm_head"].weight))
+                self._runtime = DecoderLM(spec, cfg, embed, edt, mt, layers.__getitem__, device=dev,
+                                          plans=self.plans)
             else:
-                self._runtime = DecoderLM(spec, cfg, embed, edt, final_norm, lm_head, get_layer)
+                self._runtime = DecoderLM(spec, cfg, embed, edt, mt, get_layer, plans=self.plans)
         return self._runtime
 
     def forward(self, input_ids, **kwargs) -> np.ndarray:
@@ -320,7 +382,8 @@ class BaseAWQForCausalLM:
         """The fused GPU runtime (awq/runtime/fused.py) for a quantized model on cuda with
         fuse_layers (the default); otherwise, or when the model has something the fused runtime
         does not cover (printed once), the layer-by-layer runtime()."""
-        if not (self.is_quantized and self.fuse_layers and self.run_device.startswith("cuda")):
+        if not (self.is_quantized and self.fuse_layers and self._run_device().startswith("cuda")
+                and self.spec.fusable):
             return self.runtime()
         if self._fused is None:
             from awq._backend import cuda_index
@@ -380,6 +443,10 @@ class BaseAWQForCausalLM:
 
     # ---- saving ------------------------------------------------------------------------------
     def _state_tensors(self) -> Dict[str, np.ndarray]:
+        """Every tensor of the output checkpoint: the decoder layers as quantized (or kept), the
+        embedding, final norm and head in fp16, and every other tensor of the source checkpoint
+        (vision towers, projectors, positions, norm biases, buffers) copied unchanged."""
+        from awq.io.safetensors import BF16
         from awq.quantize.quantizer import DenseWeight, QuantizedLinear
 
         spec, ck = self.spec, self.ckpt
@@ -387,7 +454,10 @@ class BaseAWQForCausalLM:
         t = {spec.embed: f16(ck.get_float32(spec.embed)), spec.final_norm: f16(ck.get_float32(spec.final_norm))}
         if spec.lm_head in ck:
             t[spec.lm_head] = f16(ck.get_float32(spec.lm_head))
+        replaced = set(t)
         for i, layer in enumerate(self._layers):
+            for lin in self.plans[i].linears:
+                replaced.update((self._name(i, lin + ".weight"), self._name(i, lin + ".bias")))
             for name, v in layer.items():
                 full = self._name(i, name)
                 if isinstance(v, QuantizedLinear) and v.w_bit != 4:
@@ -404,8 +474,17 @@ class BaseAWQForCausalLM:
                     if v.bias is not None:
                         t[full + ".bias"] = f16(v.bias)
                 else:
-                    full = full if full.endswith(".weight") else full + ".weight"
-                    t[full] = f16(v)
+                    if not (full.endswith(".weight") or full.endswith(".bias")) and \
+                            self._name(i, name + ".weight") in ck:
+                        full += ".weight"
+                    keep32 = full in ck and ck.dtype(full) == "F32" and not full.endswith((".weight", ".bias"))
+                    t[full] = np.ascontiguousarray(v, np.float32) if keep32 else f16(v)
+                    replaced.add(full)
+        for name in ck.keys():  # everything else, byte for byte
+            if name in replaced or name in t:
+                continue
+            raw = ck.get(name)
+            t[name] = BF16(raw) if ck.dtype(name) == "BF16" else raw
         return t
 
     def _not_converted(self) -> List[str]:
@@ -413,7 +492,8 @@ class BaseAWQForCausalLM:
 
         out = []
         for i, layer in enumerate(self._layers):
-            out += [self._name(i, n) for n, v in layer.items() if isinstance(v, (DenseWeight, DenseLinear, F16Linear))]
+            out += [self._name(i, n) for n, v in layer.items()
+                    if isinstance(v, (DenseWeight, DenseLinear, F16Linear)) and n in self.plans[i].linears]
         return out
 
     def save_quantized(self, save_dir, safetensors=True, shard_size="5GB"):
@@ -433,8 +513,9 @@ class BaseAWQForCausalLM:
         if self.is_quantized:
             qc = self.quant_config
             skipped = self._not_converted()
-            qmods = [self._name(i, n) for i in range(self.cfg.num_layers) for n in self.spec.linear_names()
+            qmods = [self._name(i, n) for i in range(self.cfg.num_layers) for n in self.plans[i].linears
                      if self._name(i, n) not in skipped]
+            skipped = skipped + [m for m in self.spec.not_converted if any(k.startswith(m) for k in self.ckpt.keys())]
             for entry in skipped:
                 for m in qmods:
                     if module_matches(entry, m):
@@ -514,3 +595,38 @@ def load_quant_config(folder: str, config: dict) -> dict:
         raise ConfigError(f"{folder}: bad group_size {g!r} in the quantization config")
     return {"w_bit": 4, "q_group_size": g, "zero_point": bool(qc.get("zero_point", True)), "version": "gemm",
             "modules_to_not_convert": qc.get("modules_to_not_convert")}
+
+
+def _bias_name(weight_name: str) -> str:
+    return weight_name[: -len(".weight")] + ".bias" if weight_name.endswith(".weight") else weight_name + ".bias"
+
+
+def _norm_modules(extras: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    """'<norm>.weight' -> '<norm>' (the runtime's key for a norm weight); biases keep their names."""
+    return {k.removesuffix(".weight"): v for k, v in extras.items()}
+
+
+def _resolve_spec(spec, config: dict, ckpt):
+    """The class's spec row for this config (layout variants) and this checkpoint's naming scheme
+    (old / new multimodal prefixes)."""
+    from dataclasses import replace
+
+    from awq.models.config import text_config
+
+    spec = spec.for_config(text_config(config) if spec.variant else config)
+    if ckpt is None or spec.embed in ckpt or not spec.alt_prefixes:
+        return spec
+    for scheme in spec.alt_prefixes:
+        def sub(name, scheme=scheme):
+            if not name:
+                return name
+            for a, b in scheme:
+                if name.startswith(a):
+                    return b + name[len(a):]
+            return name
+        if sub(spec.embed) in ckpt:
+            return replace(spec, layers_prefix=sub(spec.layers_prefix + "."
+                                                   ).rstrip("."), embed=sub(spec.embed),
+                           final_norm=sub(spec.final_norm), lm_head=sub(spec.lm_head), pos_embed=sub(spec.pos_embed),
+                           embed_norm=sub(spec.embed_norm))
+    return spec

@@ -125,6 +125,10 @@ class AwqQuantizer:
         if not (isinstance(device, str) and device.startswith("cuda")):
             raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {device!r}")
         if calib_dtype is None:
+            if not self.awq_model.gpu_supported():
+                print(f"awq: the GPU quantizer does not cover {self.spec.model_type!r} blocks yet; "
+                      "quantizing on the CPU", flush=True)
+                return CpuBackend()
             stored = self.awq_model.ckpt.dtype(self.spec.layer_prefix(0) + self.spec.q + ".weight")
             calib_dtype = {"F16": "float16", "BF16": "bfloat16"}.get(stored, "float32")
         self.compute_dtype = str(calib_dtype).removeprefix("torch.")
@@ -135,8 +139,11 @@ class AwqQuantizer:
         return K if self.group_size == -1 else self.group_size
 
     def converted(self, layer_idx: int, name: str) -> bool:
-        """False for linears listed in modules_to_not_convert: AutoAWQ's block-relative substring rule,
-        which a substring match of the full dotted name includes (and full paths match too)."""
+        """False for linears listed in modules_to_not_convert (AutoAWQ's block-relative substring rule,
+        which a substring match of the full dotted name includes, and full paths match too) and for
+        MoE routers, which stay in floating point."""
+        if name in self.awq_model.plans[layer_idx].not_quantized:
+            return False
         full = self.spec.layer_prefix(layer_idx) + name
         return not any(m in full for m in self.modules_to_not_convert)
 
@@ -152,8 +159,8 @@ class AwqQuantizer:
         """Returns (layers, reports): per layer a dict of tensors ready for the runtime/save. With
         resume_dir, layers finished by an earlier run of the same call are loaded, not recomputed."""
         if self.group_size != -1:  # fail before any calibration work, naming the linear
-            for lin in self.spec.linear_names():
-                K = self.awq_model._expected_shape(lin)[1]
+            for lin in self.awq_model.plans[-1].quantized_linears() + self.awq_model.plans[0].quantized_linears():
+                K = self.awq_model._expected_shape(lin, 0 if lin in self.awq_model.plans[0].linears else -1)[1]
                 if K % self.group_size:
                     raise ValueError(
                         f"q_group_size {self.group_size} does not divide in_features {K} of {lin}; "
@@ -253,12 +260,19 @@ class AwqQuantizer:
 
         spec, ck, m = self.spec, self.awq_model.ckpt, self.awq_model
         order, want, layout = [], {}, {}
-        for n in spec.norm_names():
+        plan = m.plans[i]
+        for n in plan.norms:
             order.append(n + ".weight")
             want[n + ".weight"] = (F32, tuple(ck.shape(spec.layer_prefix(i) + n + ".weight")))
-        for lin in spec.linear_names():
+            if spec.layer_prefix(i) + n + ".bias" in ck:
+                order.append(n + ".bias")
+                want[n + ".bias"] = (F32, tuple(ck.shape(spec.layer_prefix(i) + n + ".bias")))
+        if plan.moe is not None and plan.moe.router_bias:
+            order.append(plan.moe.router_bias)
+            want[plan.moe.router_bias] = (F32, tuple(ck.shape(spec.layer_prefix(i) + plan.moe.router_bias)))
+        for lin in plan.linears:
             order.append(lin)
-            N, K = m._expected_shape(lin)
+            N, K = m._expected_shape(lin, i)
             if spec.layer_prefix(i) + lin + ".bias" in ck:
                 want[lin + ".bias"] = (F32, (N,))
             if self.export_compatible or not self.converted(i, lin):
@@ -292,39 +306,50 @@ class AwqQuantizer:
             tensors[name] = t
         return tensors
 
-    def _layer_modules(self, tensors: Dict[str, np.ndarray]) -> Dict:
+    def _layer_modules(self, i: int, tensors: Dict[str, np.ndarray]) -> Dict:
         W = {}
-        for lin in self.spec.linear_names():
+        plan = self.awq_model.plans[i]
+        for lin in plan.linears:
             W[lin] = self.be.linear(tensors[lin + ".weight"], tensors.get(lin + ".bias"))
-        for n in self.spec.norm_names():
-            W[n] = tensors[n + ".weight"]
+        for name, t in tensors.items():  # norms (+ LayerNorm biases), router correction bias
+            if t.ndim == 1 and not any(name == l + ".bias" for l in plan.linears):
+                W[name.removesuffix(".weight")] = t
         return W
 
     def _float_forward(self, i: int, tensors: Dict, x, feats: Optional[Dict] = None):
         """Layer i's float forward on x [nb, T, D] in chunks -> its output, the next layer's input.
-        With feats, the input of every linear is gathered into it ([nb*T, K] per name). The resume
-        replay calls this without feats: the same forwards, so the same bits."""
+        With feats, the input of every linear is gathered into it (one [rows, K] array per capture
+        key; MoE experts get only their routed rows). The resume replay calls this without feats:
+        the same forwards, so the same bits."""
         spec, cfg, be = self.spec, self.cfg, self.be
+        plan = self.awq_model.plans[i]
         nb, T, D = x.shape
         chunk = self._chunk_blocks(nb, T)
-        W = self._layer_modules(tensors)
+        W = self._layer_modules(i, tensors)
         out = be.empty(x.shape)
+        parts: Dict = {}  # routed (MoE expert) captures: row counts vary, joined at the end
         for b0 in range(0, nb, chunk):
             b1 = min(nb, b0 + chunk)
-            cap: Dict = {}
-            y = layer_forward(spec, cfg, W, be.rows(x, b0, b1), block_rope(cfg, b1 - b0, T), capture=cap,
+            cap: Dict = {} if feats is not None else None
+            y = layer_forward(spec, cfg, plan, W, be.rows(x, b0, b1), block_rope(cfg, b1 - b0, T), capture=cap,
                               ops=be.ops)
             be.set_rows(out, b0, b1, y)
             if feats is None:
                 continue
             for name, a in cap.items():
+                if isinstance(a, list):
+                    parts.setdefault(name, []).extend(a)
+                    continue
                 if name not in feats:
                     feats[name] = be.empty((nb * T, a.shape[1]))
                 be.set_rows(feats[name], b0 * T, b1 * T, a)
+        for name, lst in parts.items():
+            feats[name] = lst[0] if len(lst) == 1 else np.concatenate(lst)
         return out
 
     def _awq_layer(self, i: int, tensors: Dict[str, np.ndarray], x, report: LayerReport):
         spec = self.spec
+        plan = self.awq_model.plans[i]
         nb, T, D = x.shape
         chunk = self._chunk_blocks(nb, T)
         # (1) float forward with captured linear inputs, before any scaling or clipping: its output
@@ -332,24 +357,34 @@ class AwqQuantizer:
         feats: Dict = {}
         out = self._float_forward(i, tensors, x, feats)
         # (2) scale search and application, group by group.
-        for g in spec.groups:
-            if g.only_if_same_shape and tensors[g.prev + ".weight"].shape != tensors[g.linears[0] + ".weight"].shape:
-                continue  # GQA rule: v_proj and o_proj differ in shape
-            s, ratio, loss = self._search_scale(i, g, tensors, feats[g.linears[0]], T, chunk)
+        for g in plan.groups:
+            if g.only_if_same_shape and not self._same_shape(g, tensors):
+                continue  # GQA rule: v and o_proj differ in shape
+            key = plan.feat_key[g.linears[0]]
+            if key not in feats:  # an MoE expert that no calibration token was routed to
+                report.ratios[_group_name(g)], report.losses[_group_name(g)] = float("nan"), float("nan")
+                continue
+            s, ratio, loss = self._search_scale(i, g, tensors, feats[key], T, chunk)
             report.ratios[_group_name(g)], report.losses[_group_name(g)] = ratio, loss
             if s is not None:
-                self._apply_scale(g, tensors, feats, s)
+                self._apply_scale(i, g, tensors, feats, s)
         # (3) clip search.
         if self.apply_clip:
-            for lin in spec.linear_names():
+            for lin in plan.linears:
                 if any(t in lin for t in ("q_", "k_", "query", "key", "Wqkv")) or not self.converted(i, lin):
                     continue
-                self._clip(i, lin, tensors, feats[self._feat_key(lin)])
+                if plan.feat_key[lin] not in feats:
+                    continue  # unrouted expert: nothing to measure the clip on; plain min/max quantization
+                self._clip(i, lin, tensors, feats[plan.feat_key[lin]])
         return out
 
-    def _feat_key(self, lin: str) -> str:
-        s = self.spec
-        return {s.k: s.q, s.v: s.q, s.up: s.gate}.get(lin, lin)
+    def _same_shape(self, g, tensors) -> bool:
+        """The GQA rule: scale v -> o only when the v rows feeding o are as many as o's inputs."""
+        o_in = tensors[g.linears[0] + ".weight"].shape[1]
+        pw = tensors[g.prev + ".weight"]
+        if g.prev == self.spec.qkv:
+            return self.cfg.num_kv_heads == self.cfg.num_heads and pw.shape[0] >= o_in
+        return pw.shape == tensors[g.linears[0] + ".weight"].shape
 
     # ---- scale search ----------------------------------------------------------------------
     def _search_scale(self, i, g, tensors, x_in, T: int, chunk: int):
@@ -392,20 +427,24 @@ class AwqQuantizer:
     def _loss_fn(self, i, g, tensors, x_in, T, chunk):
         """Builds loss(candidate weights) = mean squared error of the inspected module's output."""
         spec, cfg, be = self.spec, self.cfg, self.be
-        if g.inspect in ("attn", "mlp"):
-            W = self._layer_modules(tensors)
+        plan = self.awq_model.plans[i]
+        if g.inspect in ("attn", "mlp", "layer"):
+            W = self._layer_modules(i, tensors)
             ntok = x_in.shape[0]
             rows = chunk * T
             ropes = {}
 
             def run(mods, a0, a1):
                 h = be.rows(x_in, a0, a1)
-                if g.inspect == "attn":
-                    nbk = (a1 - a0) // T
-                    if nbk not in ropes:
-                        ropes[nbk] = block_rope(cfg, nbk, T)
-                    return attn_forward(spec, cfg, mods, h, nbk, T, ropes[nbk], ops=be.ops)
-                return mlp_forward(spec, mods, h, ops=be.ops)
+                if g.inspect == "mlp":
+                    return mlp_forward(spec, cfg, plan, mods, h, ops=be.ops)
+                nbk = (a1 - a0) // T
+                if nbk not in ropes:
+                    ropes[nbk] = block_rope(cfg, nbk, T)
+                a = attn_forward(spec, cfg, plan, mods, h, nbk, T, ropes[nbk], ops=be.ops)
+                if g.inspect == "layer":  # parallel block: attention + MLP of one normed input
+                    a = be.ops.add(a, mlp_forward(spec, cfg, plan, mods, h, ops=be.ops))
+                return a
 
             ref = [run(W, a0, min(ntok, a0 + rows)) for a0 in range(0, ntok, rows)]
 
@@ -422,7 +461,7 @@ class AwqQuantizer:
         lin_loss = be.single_linear_loss(x_in, tensors[g.inspect + ".weight"])
         return lambda cand: lin_loss(cand[g.inspect])
 
-    def _apply_scale(self, g, tensors, feats, s: np.ndarray):
+    def _apply_scale(self, i, g, tensors, feats, s: np.ndarray):
         """prev_op / s (norm weight, or the LAST len(s) output rows and bias of a linear);
         consumers' input columns * s; the cached input / s."""
         pw = tensors[g.prev + ".weight"]
@@ -442,7 +481,10 @@ class AwqQuantizer:
                 tensors[g.prev + ".bias"] = b
         for lin in g.linears:
             tensors[lin + ".weight"] = self.be.scale_in(tensors[lin + ".weight"], s)
-        self.be.unscale_(feats[g.linears[0]], s)
+        plan = self.awq_model.plans[i]
+        for key in dict.fromkeys(plan.feat_key[lin] for lin in g.linears):  # each distinct capture once
+            if key in feats:
+                self.be.unscale_(feats[key], s)
 
     # ---- clip ------------------------------------------------------------------------------
     def _clip(self, i, lin, tensors, x_in):
@@ -459,9 +501,14 @@ class AwqQuantizer:
         # Norms and biases are saved in fp16; round them now so the in-memory model computes what
         # the saved checkpoint will.
         r16 = lambda a: None if a is None else a.astype(np.float16).astype(np.float32)  # noqa: E731
-        for n in spec.norm_names():
+        plan = self.awq_model.plans[i]
+        for n in plan.norms:
             out[n + ".weight"] = r16(tensors[n + ".weight"])
-        for lin in spec.linear_names():
+            if n + ".bias" in tensors:
+                out[n + ".bias"] = r16(tensors[n + ".bias"])
+        if plan.moe is not None and plan.moe.router_bias:
+            out[plan.moe.router_bias] = tensors[plan.moe.router_bias]
+        for lin in plan.linears:
             w, b = tensors[lin + ".weight"], r16(tensors.get(lin + ".bias"))
             if self.export_compatible or not self.converted(i, lin):
                 out[lin] = DenseWeight(self.be.to_host(w), b)

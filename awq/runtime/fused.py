@@ -64,8 +64,8 @@ class FusedGpuLM:
         self.dt = gpu.as_dtype(dtype)
         if self.dt not in (gpu.float16, gpu.bfloat16):
             raise ValueError(f"the fused runtime runs in float16 or bfloat16, not {self.dt.name}")
-        if spec.block != "llama" or spec.act != "silu":
-            raise NotFusable(f"block kind {spec.block!r} / activation {spec.act!r}")
+        if not spec.fusable or cfg.act != "silu":
+            raise NotFusable(f"model type {spec.model_type!r} / activation {cfg.act!r}")
         self._keep = []  # device tensors the decoder points into
         self._staging = []  # checkpoint-layout qweights, until their repack has run
         c = cfg

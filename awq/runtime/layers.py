@@ -10,6 +10,7 @@ gated MLP) in terms of spec names; `capture` collects the input of every linear 
 """
 from __future__ import annotations
 
+import math
 from typing import Dict, Optional
 
 import numpy as np
@@ -71,12 +72,15 @@ def make_linear(weight, bias=None):
 
 class CpuOps:
     """The op set the block forward uses, on numpy arrays through the C core. A GPU op set
-    (awq.gpu) offers the same names and signatures over GpuTensors."""
+    (awq.gpu) offers the same names and signatures over GpuTensors (for the blocks it covers)."""
 
     rmsnorm = staticmethod(C.rmsnorm)
+    layernorm = staticmethod(C.layernorm)
     rope_ = staticmethod(C.rope_)
     attention = staticmethod(C.attention)
     silu_mul = staticmethod(C.silu_mul)
+    act = staticmethod(C.act)
+    act_mul = staticmethod(C.act_mul)
 
     @staticmethod
     def add(a, b, out=None):
@@ -87,12 +91,13 @@ CPU_OPS = CpuOps()
 
 
 class KVCache:
-    """Preallocated per-layer keys and values [B, max_len, Hkv, d] fp32 and the filled length."""
+    """Preallocated per-layer keys [B, max_len, Hkv, dk] and values [B, max_len, Hkv, dv] fp32 and
+    the filled length (dv differs from dk for MLA)."""
 
-    def __init__(self, num_layers: int, batch: int, max_len: int, kv_heads: int, head_dim: int):
-        shape = (batch, max_len, kv_heads, head_dim)
-        self.k = [np.zeros(shape, np.float32) for _ in range(num_layers)]
-        self.v = [np.zeros(shape, np.float32) for _ in range(num_layers)]
+    def __init__(self, num_layers: int, batch: int, max_len: int, kv_heads: int, head_dim: int,
+                 v_dim: Optional[int] = None):
+        self.k = [np.zeros((batch, max_len, kv_heads, head_dim), np.float32) for _ in range(num_layers)]
+        self.v = [np.zeros((batch, max_len, kv_heads, v_dim or head_dim), np.float32) for _ in range(num_layers)]
         self.batch, self.max_len, self.length = batch, max_len, 0
 
     def write(self, layer_idx: int, pos0: int, k, v):
@@ -102,75 +107,282 @@ class KVCache:
         self.v[layer_idx][:, pos0:pos0 + T] = v
 
 
+def norm(spec, cfg, W: Dict, name: str, x2, ops=CPU_OPS):
+    """The spec's norm kind over the last axis of x2 [M, D]; W[name] the weight, W[name + '.bias']
+    the LayerNorm bias when the checkpoint has one."""
+    if spec.norm_kind == "layernorm":
+        return ops.layernorm(x2, W[name], W.get(name + ".bias"), cfg.rms_norm_eps)
+    return ops.rmsnorm(x2, W[name], cfg.rms_norm_eps, 1.0 if spec.norm_kind == "rms_unit" else 0.0)
+
+
 def _rms(x2, w, eps: float, norm_kind: str, ops=CPU_OPS):
     return ops.rmsnorm(x2, w, eps, 1.0 if norm_kind == "rms_unit" else 0.0)
 
 
-def attn_forward(spec, cfg, W: Dict, h, B: int, T: int, rope, q_pos0: int = 0,
-                 cache: Optional[KVCache] = None, layer_idx: int = 0,
-                 capture: Optional[Dict] = None, ops=CPU_OPS):
-    """Self-attention block. h: normed input [B*T, D] -> [B*T, D] (before the residual add)."""
+def _cap(capture, plan, name: str, a):
+    if capture is not None:
+        capture.setdefault(plan.feat_key[name], a)
+
+
+def alibi_slopes(kind: str, heads: int, bias_max: float = 8.0) -> np.ndarray:
+    """ALiBi head slopes. "bloom": 2^(-8i/n) for the closest power of two n, then every other slope
+    of 2n for the remaining heads (Press et al.); "mpt": 2^(-i * bias_max / n) over the next power of
+    two n, interleaved as MPT's gen_slopes."""
+    if kind == "bloom":
+        p = 2 ** math.floor(math.log2(heads))
+        base = 2.0 ** (-(2.0 ** -(math.log2(p) - 3)))
+        slopes = [base ** i for i in range(1, p + 1)]
+        if p != heads:
+            extra = 2.0 ** (-(2.0 ** -(math.log2(2 * p) - 3)))
+            slopes += [extra ** i for i in range(1, 2 * (heads - p) + 1, 2)]
+        return np.asarray(slopes, np.float32)
+    n = 2 ** math.ceil(math.log2(heads))
+    m = np.arange(1, n + 1, dtype=np.float64) * (bias_max / n)
+    slopes = 1.0 / np.power(2.0, m)
+    if n != heads:
+        slopes = np.concatenate([slopes[1::2], slopes[::2]])[:heads]
+    return slopes.astype(np.float32)
+
+
+def split_qkv(spec, cfg, y, M: int):
+    """A fused q|k|v output [M, (Hq + 2 Hkv) d] -> contiguous q [M, Hq, d], k, v [M, Hkv, d]."""
     Hq, Hkv, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    q = W[spec.q](h)
-    k = W[spec.k](h)
-    v = W[spec.v](h)
-    if spec.q_norm:
-        q = _rms(q.reshape(-1, d), W[spec.q_norm], cfg.rms_norm_eps, spec.norm_kind, ops)
-        k = _rms(k.reshape(-1, d), W[spec.k_norm], cfg.rms_norm_eps, spec.norm_kind, ops)
-    q = q.reshape(B * T, Hq, d)
-    k = k.reshape(B * T, Hkv, d)
-    cos, sin = rope
-    ops.rope_(q, cos, sin, cfg.rotary_dim)
-    ops.rope_(k, cos, sin, cfg.rotary_dim)
-    q = q.reshape(B, T, Hq, d)
-    k = k.reshape(B, T, Hkv, d)
-    v = v.reshape(B, T, Hkv, d)
+    if spec.qkv_layout == "concat":
+        q, k, v = y[:, :Hq * d], y[:, Hq * d:(Hq + Hkv) * d], y[:, (Hq + Hkv) * d:]
+    elif spec.qkv_layout == "heads":
+        y = y.reshape(M, Hq, 3, d)
+        q, k, v = y[:, :, 0], y[:, :, 1], y[:, :, 2]
+    else:  # groups: per kv head [q heads of the group; k; v]
+        G = Hq // Hkv
+        y = y.reshape(M, Hkv, G + 2, d)
+        q, k, v = y[:, :, :G], y[:, :, G], y[:, :, G + 1]
+    f = np.ascontiguousarray
+    return f(q).reshape(M, Hq, d), f(k).reshape(M, Hkv, d), f(v).reshape(M, Hkv, d)
+
+
+def _attend(cfg, plan, q, k, v, B: int, T: int, q_pos0: int, cache, layer_idx: int, ops, alibi):
+    """q [B, T, Hq, dk], k [B, T, Hkv, dk], v [B, T, Hkv, dv] -> [B*T, Hq*dv], through the cache."""
+    kw = {}
+    if alibi is not None:
+        kw["alibi"] = alibi
+    if cfg.attn_softcap:
+        kw["softcap"] = cfg.attn_softcap
+    scale = cfg.softmax_scale()
     if cache is not None:
         if q_pos0 + T > cache.max_len:
             raise ValueError(f"sequence of {q_pos0 + T} tokens exceeds the KV cache ({cache.max_len})")
         cache.write(layer_idx, q_pos0, k, v)
-        k_all, v_all = cache.k[layer_idx], cache.v[layer_idx]
         # Keys past q_pos0 + T are masked by causality, so the whole buffer is passed uncopied.
-        o = ops.attention(q, k_all, v_all, d ** -0.5, q_pos0, cfg.sliding_window)
+        o = ops.attention(q, cache.k[layer_idx], cache.v[layer_idx], scale, q_pos0, plan.window, **kw)
     else:
-        o = ops.attention(q, k, v, d ** -0.5, 0, cfg.sliding_window)
-    o = o.reshape(B * T, Hq * d)
-    if capture is not None:
-        capture[spec.o] = o
+        o = ops.attention(q, k, v, scale, 0, plan.window, **kw)
+    return o.reshape(B * T, -1)
+
+
+def attn_forward(spec, cfg, plan, W: Dict, h, B: int, T: int, ropes, q_pos0: int = 0,
+                 cache: Optional[KVCache] = None, layer_idx: int = 0,
+                 capture: Optional[Dict] = None, ops=CPU_OPS):
+    """Self-attention block. h: normed input [B*T, D] -> [B*T, D] (before the residual add)."""
+    if spec.attn == "mla":
+        return mla_forward(spec, cfg, plan, W, h, B, T, ropes, q_pos0, cache, layer_idx, capture, ops)
+    Hq, Hkv, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    M = B * T
+    if spec.qkv:
+        _cap(capture, plan, spec.qkv, h)
+        y = W[spec.qkv](h)
+        if cfg.clip_qkv:
+            np.clip(y, -cfg.clip_qkv, cfg.clip_qkv, out=y)
+        q, k, v = split_qkv(spec, cfg, y, M)
+    else:
+        _cap(capture, plan, spec.q, h)
+        q, k, v = W[spec.q](h), W[spec.k](h), W[spec.v](h)
+    if spec.qk_norm_per_head:  # a LayerNorm per head, each with its own weight [H, d] (Cohere)
+        q = ops.layernorm(q.reshape(-1, d), None, None, cfg.rms_norm_eps).reshape(M, Hq, d) * W[spec.q_norm]
+        k = ops.layernorm(k.reshape(-1, d), None, None, cfg.rms_norm_eps).reshape(M, Hkv, d) * W[spec.k_norm]
+    elif spec.q_norm:
+        q = norm(spec, cfg, W, spec.q_norm, q.reshape(-1, d), ops)
+        k = norm(spec, cfg, W, spec.k_norm, k.reshape(-1, d), ops)
+    q = q.reshape(M, Hq, d)
+    k = k.reshape(M, Hkv, d)
+    alibi = None
+    if spec.position in ("rope", "rope_interleaved"):
+        cos, sin = ropes[plan.rope_key]
+        inter = spec.position == "rope_interleaved"
+        ops.rope_(q, cos, sin, cfg.rotary_dim, interleaved=inter) if inter else ops.rope_(q, cos, sin, cfg.rotary_dim)
+        ops.rope_(k, cos, sin, cfg.rotary_dim, interleaved=inter) if inter else ops.rope_(k, cos, sin, cfg.rotary_dim)
+    elif spec.position == "alibi":
+        alibi = alibi_slopes(cfg.alibi or "bloom", Hq, cfg.alibi_bias_max)
+    o = _attend(cfg, plan, q.reshape(B, T, Hq, d), k.reshape(B, T, Hkv, d), v.reshape(B, T, Hkv, d),
+                B, T, q_pos0, cache, layer_idx, ops, alibi)
+    _cap(capture, plan, spec.o, o)
     return W[spec.o](o)
 
 
-def mlp_forward(spec, W: Dict, h, capture: Optional[Dict] = None, ops=CPU_OPS):
-    """Gated MLP: down(act(gate(h)) * up(h)); h [M, D] -> [M, D]."""
-    g = W[spec.gate](h)
-    u = W[spec.up](h)
-    a = ops.silu_mul(g, u)
-    if capture is not None:
-        capture[spec.down] = a
-    return W[spec.down](a)
+def mla_forward(spec, cfg, plan, W: Dict, h, B: int, T: int, ropes, q_pos0: int = 0,
+                cache: Optional[KVCache] = None, layer_idx: int = 0,
+                capture: Optional[Dict] = None, ops=CPU_OPS):
+    """Multi-head latent attention (DeepSeek-V2/V3, MiniCPM3): q through an optional low-rank pair,
+    k/v from a shared compressed latent plus one rotary key shared by all heads. The cache holds the
+    expanded per-head keys and values."""
+    m, H, M = cfg.mla, cfg.num_heads, B * T
+    nope, rdim, vdim, rank = m["qk_nope_head_dim"], m["qk_rope_head_dim"], m["v_head_dim"], m["kv_lora_rank"]
+    _cap(capture, plan, spec.q_a if m["q_lora_rank"] else spec.q, h)
+    if m["q_lora_rank"]:
+        qa = norm(spec, cfg, W, spec.q_a_norm, W[spec.q_a](h), ops)
+        _cap(capture, plan, spec.q_b, qa)
+        q = W[spec.q_b](qa)
+    else:
+        q = W[spec.q](h)
+    q = q.reshape(M, H, nope + rdim)
+    kv = W[spec.kv_a](h)
+    c = norm(spec, cfg, W, spec.kv_a_norm, np.ascontiguousarray(kv[:, :rank]), ops)
+    _cap(capture, plan, spec.kv_b, c)
+    kvb = W[spec.kv_b](c).reshape(M, H, nope + vdim)
+    q_pe = np.ascontiguousarray(q[:, :, nope:])
+    k_pe = np.ascontiguousarray(kv[:, rank:]).reshape(M, 1, rdim)
+    cos, sin = ropes[plan.rope_key]
+    if cfg.rope_interleave:
+        ops.rope_(q_pe, cos, sin, cfg.rotary_dim, interleaved=True)
+        ops.rope_(k_pe, cos, sin, cfg.rotary_dim, interleaved=True)
+    else:
+        ops.rope_(q_pe, cos, sin, cfg.rotary_dim)
+        ops.rope_(k_pe, cos, sin, cfg.rotary_dim)
+    qf = np.concatenate([q[:, :, :nope], q_pe], axis=2)
+    kf = np.concatenate([kvb[:, :, :nope], np.broadcast_to(k_pe, (M, H, rdim))], axis=2)
+    v = np.ascontiguousarray(kvb[:, :, nope:])
+    o = _attend(cfg, plan, qf.reshape(B, T, H, nope + rdim), kf.reshape(B, T, H, nope + rdim),
+                v.reshape(B, T, H, vdim), B, T, q_pos0, cache, layer_idx, ops, None)
+    _cap(capture, plan, spec.o, o)
+    return W[spec.o](o)
 
 
-def layer_forward(spec, cfg, W: Dict, x, rope, q_pos0: int = 0,
+def _gated(W, g_name, u_name, d_name, plan, h, act, capture, ops):
+    g = W[g_name](h)
+    u = W[u_name](h)
+    a = ops.silu_mul(g, u) if act == "silu" else ops.act_mul(g, u, act)
+    _cap(capture, plan, d_name, a)
+    return W[d_name](a)
+
+
+def route(cfg, logits: np.ndarray, bias: Optional[np.ndarray]):
+    """MoE routing: (expert ids [M, k], weights [M, k] fp32) from router logits [M, E] fp32.
+    softmax: top-k of the softmax (renormalised when norm_topk_prob); sigmoid (DeepSeek-V3): the
+    top-k of sigmoid + correction bias among the best topk_group groups (ranked by the sum of their
+    two best), weighted by the plain sigmoid; group-limited softmax (DeepSeek-V2): groups ranked by
+    their best score. Weights are then scaled by routed_scaling_factor."""
+    m = cfg.moe
+    k, E = m["top_k"], logits.shape[1]
+    lg = logits.astype(np.float64)
+    if m["scoring"] == "sigmoid":
+        scores = 1.0 / (1.0 + np.exp(-lg))
+    else:
+        z = lg - lg.max(axis=1, keepdims=True)
+        scores = np.exp(z)
+        scores /= scores.sum(axis=1, keepdims=True)
+    choice = scores + (bias.astype(np.float64)[None, :] if bias is not None else 0.0)
+    ng, tg = m.get("n_group", 1), m.get("topk_group", 1)
+    if ng > 1 and tg < ng:
+        grp = choice.reshape(len(choice), ng, E // ng)
+        gs = np.sort(grp, axis=2)[:, :, -2:].sum(axis=2) if m.get("group_score") == "top2sum" else grp.max(axis=2)
+        keep = np.argsort(-gs, axis=1, kind="stable")[:, :tg]
+        mask = np.zeros(gs.shape, dtype=bool)
+        np.put_along_axis(mask, keep, True, axis=1)
+        choice = np.where(np.repeat(mask, E // ng, axis=1), choice, 0.0)  # as HF: masked experts score 0
+    idx = np.argsort(-choice, axis=1, kind="stable")[:, :k]
+    w = np.take_along_axis(scores, idx, axis=1)
+    if m["norm_topk_prob"]:
+        w = w / (w.sum(axis=1, keepdims=True) + (1e-20 if m["scoring"] == "sigmoid" else 0.0))
+    w = w * m["routed_scaling_factor"]
+    return idx, w.astype(np.float32)
+
+
+def moe_forward(spec, cfg, plan, W: Dict, h, capture: Optional[Dict] = None, ops=CPU_OPS):
+    """Router (kept in float) -> each token's top-k experts -> weighted sum, plus shared experts.
+    An expert that receives no token is skipped (and captures nothing)."""
+    mp = plan.moe
+    _cap(capture, plan, mp.router, h)
+    logits = W[mp.router](h)
+    logits = np.asarray(logits, np.float32)
+    idx, wts = route(cfg, logits, W.get(mp.router_bias) if mp.router_bias else None)
+    out = np.zeros_like(h, dtype=np.float32)
+    for e, (g, u, d) in enumerate(mp.experts):
+        rows, slot = np.nonzero(idx == e)
+        if rows.size == 0:
+            continue
+        xe = np.ascontiguousarray(h[rows])
+        if capture is not None:
+            capture.setdefault(plan.feat_key[g], []).append(xe)
+            sub: Dict = {}
+            y = _gated(W, g, u, d, plan, xe, cfg.act, sub, ops)
+            capture.setdefault(plan.feat_key[d], []).append(sub[plan.feat_key[d]])
+        else:
+            y = _gated(W, g, u, d, plan, xe, cfg.act, None, ops)
+        np.add.at(out, rows, y * wts[rows, slot][:, None])
+    if mp.shared:
+        out += _gated(W, *mp.shared, plan, h, cfg.act, capture, ops)
+    return out
+
+
+def mlp_forward(spec, cfg, plan, W: Dict, h, capture: Optional[Dict] = None, ops=CPU_OPS):
+    """The layer's MLP kind on h [M, D] -> [M, D]."""
+    kind = plan.mlp
+    if kind == "gated":
+        _cap(capture, plan, spec.gate, h)
+        return _gated(W, spec.gate, spec.up, spec.down, plan, h, cfg.act, capture, ops)
+    if kind == "gated_fused":
+        _cap(capture, plan, spec.gate_up, h)
+        gu = W[spec.gate_up](h)
+        F = gu.shape[1] // 2
+        g, u = np.ascontiguousarray(gu[:, :F]), np.ascontiguousarray(gu[:, F:])
+        a = ops.silu_mul(g, u) if cfg.act == "silu" else ops.act_mul(g, u, cfg.act)
+        _cap(capture, plan, spec.down, a)
+        return W[spec.down](a)
+    if kind == "plain":
+        _cap(capture, plan, spec.up, h)
+        a = ops.act(W[spec.up](h), cfg.act)
+        _cap(capture, plan, spec.down, a)
+        return W[spec.down](a)
+    return moe_forward(spec, cfg, plan, W, h, capture, ops)
+
+
+def _scaled(a, s):
+    return a if s is None else a * np.float32(s)
+
+
+def layer_forward(spec, cfg, plan, W: Dict, x, ropes, q_pos0: int = 0,
                   cache: Optional[KVCache] = None, layer_idx: int = 0,
                   capture: Optional[Dict] = None, ops=CPU_OPS):
     """One decoder layer. x: [B, T, D] -> [B, T, D] (new array)."""
     B, T, D = x.shape
     x2 = x.reshape(B * T, D)
-    h = _rms(x2, W[spec.input_norm], cfg.rms_norm_eps, spec.norm_kind, ops)
-    if capture is not None:
-        capture[spec.q] = h
-    a = attn_forward(spec, cfg, W, h, B, T, rope, q_pos0, cache, layer_idx, capture, ops)
-    x2 = ops.add(x2, a)
-    h = _rms(x2, W[spec.post_attn_norm], cfg.rms_norm_eps, spec.norm_kind, ops)
-    if capture is not None:
-        capture[spec.gate] = h
-    ops.add(x2, mlp_forward(spec, W, h, capture, ops), out=x2)
+    rs = cfg.residual_scale
+    h = norm(spec, cfg, W, spec.input_norm, x2, ops)
+    a = attn_forward(spec, cfg, plan, W, h, B, T, ropes, q_pos0, cache, layer_idx, capture, ops)
+    if spec.attn_out_norm:
+        a = norm(spec, cfg, W, spec.attn_out_norm, a, ops)
+    if spec.block == "sequential":
+        x2 = ops.add(x2, _scaled(a, rs))
+        h2 = norm(spec, cfg, W, spec.post_attn_norm, x2, ops)
+    else:
+        h2 = h if spec.block == "parallel" else norm(spec, cfg, W, spec.post_attn_norm, x2, ops)
+        x2 = ops.add(x2, _scaled(a, rs))
+    m = mlp_forward(spec, cfg, plan, W, h2, capture, ops)
+    if spec.mlp_out_norm:
+        m = norm(spec, cfg, W, spec.mlp_out_norm, m, ops)
+    ops.add(x2, _scaled(m, rs), out=x2)
     return x2.reshape(B, T, D)
 
 
 def block_rope(cfg, B: int, T: int, q_pos0: int = 0):
-    """cos/sin tables for B rows of T tokens at positions q_pos0 .. q_pos0+T-1: [B*T, rot/2]."""
-    cos, sin = cfg.rope_tables(np.arange(q_pos0, q_pos0 + T))
-    if B > 1:
-        cos, sin = np.tile(cos, (B, 1)), np.tile(sin, (B, 1))
-    return cos, sin
+    """Rope tables for B rows of T tokens at positions q_pos0 .. q_pos0+T-1: {"global": (cos, sin),
+    "local": ...} with each [B*T, rot/2] (the "local" entry only for models with a local base)."""
+    pos = np.arange(q_pos0, q_pos0 + T)
+    out = {}
+    for key in (("global", "local") if cfg.rope_local_theta else ("global",)):
+        cos, sin = cfg.rope_tables(pos, local=key == "local")
+        if B > 1:
+            cos, sin = np.tile(cos, (B, 1)), np.tile(sin, (B, 1))
+        out[key] = (cos, sin)
+    if "local" not in out:
+        out["local"] = out["global"]
+    return out

@@ -10,7 +10,8 @@ from typing import Callable, Dict, Optional
 
 import numpy as np
 
-from awq.runtime.layers import CPU_OPS, KVCache, _rms, block_rope, layer_forward
+from awq._backend import C
+from awq.runtime.layers import CPU_OPS, KVCache, block_rope, layer_forward, norm
 
 
 def to_token_array(input_ids) -> np.ndarray:
@@ -56,29 +57,57 @@ class CpuDevice:
     def last_tokens(self, h):
         return np.ascontiguousarray(h[:, -1:])
 
-    def new_cache(self, num_layers, batch, max_len, kv_heads, head_dim):
-        return KVCache(num_layers, batch, max_len, kv_heads, head_dim)
+    def new_cache(self, num_layers, batch, max_len, kv_heads, head_dim, v_dim=None):
+        return KVCache(num_layers, batch, max_len, kv_heads, head_dim, v_dim)
 
 
 class DecoderLM:
-    def __init__(self, spec, cfg, embed: np.ndarray, embed_dtype: str, final_norm,
-                 lm_head, get_layer: Callable[[int], Dict], device=None):
+    """mt: the model-wide tensors (base._model_tensors): final_norm (+ .bias), lm_head, and where the
+    architecture has them embed_norm (+ .bias) and pos_embed."""
+
+    def __init__(self, spec, cfg, embed: np.ndarray, embed_dtype: str, mt: Dict,
+                 get_layer: Callable[[int], Dict], device=None, plans=None):
         self.spec, self.cfg = spec, cfg
         self.embed, self.embed_dtype = embed, embed_dtype
-        self.final_norm = final_norm if device is not None else np.ascontiguousarray(final_norm, dtype=np.float32)
-        self.lm_head = lm_head
+        self.mt = dict(mt)
+        self.final_norm = self.mt["final_norm"]
+        self.lm_head = self.mt["lm_head"]
         self.get_layer = get_layer
         self.device = device or CpuDevice()
+        self.plans = plans or [spec.plan(cfg, i) for i in range(cfg.num_layers)]
 
-    def embed_tokens(self, ids: np.ndarray) -> np.ndarray:
+    def embed_tokens(self, ids: np.ndarray, q_pos0: int = 0) -> np.ndarray:
+        """Input embeddings [B, T, D] fp32 on the host: token rows, times the embedding scale
+        (Gemma, MiniCPM), plus learned positions (OPT, StarCoder-1), through the embedding norm
+        (BLOOM)."""
         V = self.embed.shape[0]
         if ids.size and (ids.min() < 0 or ids.max() >= V):
             bad = int(ids[(ids < 0) | (ids >= V)][0])
             raise ValueError(f"token id {bad} is outside the vocabulary (size {V})")
-        return embedding_rows(self.embed, ids, self.embed_dtype)
+        x = embedding_rows(self.embed, ids, self.embed_dtype)
+        cfg = self.cfg
+        if cfg.embed_scale is not None:
+            x *= np.float32(cfg.embed_scale)
+        pe = self.mt.get("pos_embed")
+        if pe is not None:
+            T = ids.shape[1]
+            lo, hi = q_pos0 + cfg.pos_offset, q_pos0 + T + cfg.pos_offset
+            if hi > pe.shape[0]:
+                raise ValueError(f"position {q_pos0 + T - 1} is past the {pe.shape[0] - cfg.pos_offset} "
+                                 "learned positions of this model")
+            x += pe[lo:hi][None]
+        if "embed_norm" in self.mt:
+            B, T, D = x.shape
+            x = C.layernorm(x.reshape(B * T, D), self.mt["embed_norm"], self.mt.get("embed_norm.bias"),
+                            cfg.rms_norm_eps).reshape(B, T, D)
+        return x
 
     def new_cache(self, batch: int, max_len: int):
         c = self.cfg
+        if c.mla:
+            m = c.mla
+            return self.device.new_cache(c.num_layers, batch, max_len, c.num_heads,
+                                         m["qk_nope_head_dim"] + m["qk_rope_head_dim"], m["v_head_dim"])
         return self.device.new_cache(c.num_layers, batch, max_len, c.num_kv_heads, c.head_dim)
 
     def hidden_states(self, ids: np.ndarray, cache: Optional[KVCache] = None) -> np.ndarray:
@@ -88,20 +117,30 @@ class DecoderLM:
         if cache is not None and cache.batch != B:
             raise ValueError(f"KV cache was made for batch {cache.batch}, got batch {B}")
         dev = self.device
-        x = dev.upload(self.embed_tokens(ids))
-        rope = block_rope(self.cfg, B, T, q_pos0)
+        x = dev.upload(self.embed_tokens(ids, q_pos0))
+        ropes = block_rope(self.cfg, B, T, q_pos0)
         for i in range(self.cfg.num_layers):
-            x = layer_forward(self.spec, self.cfg, self.get_layer(i), x, rope, q_pos0, cache, i, ops=dev.ops)
+            x = layer_forward(self.spec, self.cfg, self.plans[i], self.get_layer(i), x, ropes, q_pos0, cache, i,
+                              ops=dev.ops)
         if cache is not None:
             cache.length = q_pos0 + T
         D = x.shape[-1]
-        return _rms(x.reshape(B * T, D), self.final_norm, self.cfg.rms_norm_eps,
-                    self.spec.norm_kind, dev.ops).reshape(B, T, D)
+        W = {"final": self.final_norm, "final.bias": self.mt.get("final_norm.bias")}
+        if W["final.bias"] is None:
+            del W["final.bias"]
+        return norm(self.spec, self.cfg, W, "final", x.reshape(B * T, D), dev.ops).reshape(B, T, D)
 
     def logits(self, h) -> np.ndarray:
-        """fp32 host logits [B, T, V] for final hidden states h [B, T, D] (device tensors)."""
+        """fp32 host logits [B, T, V] for final hidden states h [B, T, D] (device tensors), with the
+        model's logit scale (Cohere, MiniCPM) and final soft-capping (Gemma2)."""
         B, T, D = h.shape
-        return self.device.download(self.lm_head(h.reshape(B * T, D))).reshape(B, T, -1)
+        out = self.device.download(self.lm_head(h.reshape(B * T, D))).reshape(B, T, -1)
+        c = self.cfg
+        if c.logit_scale is not None:
+            out *= np.float32(c.logit_scale)
+        if c.final_softcap:
+            out = (np.tanh(out / np.float32(c.final_softcap)) * np.float32(c.final_softcap)).astype(np.float32)
+        return out
 
     def forward(self, input_ids, cache: Optional[KVCache] = None, last_only: bool = False) -> np.ndarray:
         """Logits [B, T, V] fp32 (or [B, 1, V] with last_only) for input_ids."""

@@ -160,11 +160,9 @@ def _wrap(a: np.ndarray, dtype: str):
 # ---------------------------------------------------------------------------------------------
 
 
-def _linear_shapes(spec, cfg: ModelConfig) -> Dict[str, tuple]:
-    """(N, K) = (out_features, in_features) of every linear of one layer."""
-    D, F, Hq, Hkv, d = cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    return {spec.q: (Hq * d, D), spec.k: (Hkv * d, D), spec.v: (Hkv * d, D), spec.o: (D, Hq * d),
-            spec.gate: (F, D), spec.up: (F, D), spec.down: (D, F)}
+def _linear_shapes(spec, cfg: ModelConfig, i: int = 0) -> Dict[str, tuple]:
+    """(N, K) = (out_features, in_features) of every linear of layer i."""
+    return dict(spec.plan(cfg, i).linears)
 
 
 def _bias_kind(spec, lin: str) -> str:
@@ -187,8 +185,10 @@ def write_random_checkpoint(folder: Union[str, os.PathLike], config: Union[str, 
     if quantized and dtype != "float16":
         raise ValueError(f"dtype={dtype!r}: AutoAWQ GEMM checkpoints are float16 (dtype applies to quantized=False)")
     raw = get_config(config)
-    cfg = ModelConfig.from_dict(raw)
-    spec = ARCH_SPECS[cfg.model_type]
+    if raw.get("model_type") not in ARCH_SPECS:
+        raise ValueError(f"model_type {raw.get('model_type')!r} is not in the architecture table")
+    spec = ARCH_SPECS[raw["model_type"]].for_config(raw)
+    cfg = ModelConfig.from_dict(raw, spec.config_adapter)
     shapes = _linear_shapes(spec, cfg)
     if quantized:
         if isinstance(group_size, bool) or not isinstance(group_size, int) or not (group_size == -1 or group_size > 0):
@@ -202,7 +202,7 @@ def write_random_checkpoint(folder: Union[str, os.PathLike], config: Union[str, 
     rng = np.random.default_rng(seed)
     D, V, d = cfg.hidden_size, cfg.vocab_size, cfg.head_dim
     # pools no larger than what the checkpoint needs, so a tiny model is written in milliseconds
-    n_lin = cfg.num_layers * sum(N * K for N, K in shapes.values())
+    n_lin = sum(N * K for i in range(cfg.num_layers) for N, K in _linear_shapes(spec, cfg, i).values())
     n_float = V * D * (1 if cfg.tie_word_embeddings else 2) + (0 if quantized else n_lin)
     weights = _Pool(_float_values(rng, min(_FLOAT_POOL, n_float), _WEIGHT_STD, dtype), rng)
     norms = _Pool(_float_values(rng, 1 << 16, 0.05, "float32") + np.float32(1), rng)  # ~1, as trained norms
@@ -220,8 +220,9 @@ def write_random_checkpoint(folder: Union[str, os.PathLike], config: Union[str, 
         scales = _Pool((_SCALE * np.exp(0.2 * rng.standard_normal(n_scales))).astype(np.float16), rng)
     for i in range(cfg.num_layers):
         p = spec.layer_prefix(i)
-        for lin, (N, K) in shapes.items():
-            if quantized:
+        plan = spec.plan(cfg, i)
+        for lin, (N, K) in plan.linears.items():
+            if quantized and lin not in plan.not_quantized:
                 G = 1 if group_size == -1 else K // group_size
                 t[p + lin + ".qweight"] = codes.take((K, N // 8))
                 t[p + lin + ".qzeros"] = zeros.take((G, N // 8))
@@ -230,9 +231,8 @@ def write_random_checkpoint(folder: Union[str, os.PathLike], config: Union[str, 
                 t[p + lin + ".weight"] = _wrap(weights.take((N, K)), dtype)
             if spec.has_bias(_bias_kind(spec, lin), raw):
                 t[p + lin + ".bias"] = as_dtype(bias.take((N,)))
-        for n in spec.norm_names():
-            size = d if n in (spec.q_norm, spec.k_norm) else D  # per-head q/k norms (Qwen3)
-            t[p + n + ".weight"] = as_dtype(norms.take((size,)))
+        for n, size in plan.norms.items():
+            t[p + n + ".weight"] = as_dtype(norms.take(size))
     t[spec.final_norm] = as_dtype(norms.take((D,)))
     if not cfg.tie_word_embeddings:
         t[spec.lm_head] = _wrap(weights.take((V, D)), dtype)
