@@ -474,32 +474,66 @@ def rmsnorm(x: GpuTensor, w, eps: float, unit_offset: float = 0.0, out=None, str
     return out
 
 
-def rope_(x: GpuTensor, cos, sin, rot: int, stream=None) -> GpuTensor:
-    """Rotary embedding in place on x[M, H, d] (rotate_half convention, first `rot` dims of each
-    head); cos, sin: [M, rot/2] fp32. Returns x."""
+def layernorm(x: GpuTensor, w, b, eps: float, out=None, stream=None) -> GpuTensor:
+    """y[..., D] = (x - mean) / sqrt(var + eps) * w + b over the last dim (population variance,
+    two-pass fp32 statistics); w, b: [D] fp32 or None (ones / zeros). Contract of
+    awq._awq_C.layernorm."""
+    _check_tensor("layernorm x", x, FLOATS)
+    if x.ndim < 1:
+        raise ValueError("layernorm x: needs at least one dimension")
+    D = x.shape[-1]
+    w = _param_f32("layernorm", "w", w, (D,), x.device) if w is not None else None
+    b = _param_f32("layernorm", "b", b, (D,), x.device) if b is not None else None
+    out = _out("layernorm", out, x.shape, x.dtype, x.device)
+    C.cuda_layernorm(x.context.handle, x.dtype.code, x.ptr, w.ptr if w is not None else 0,
+                     b.ptr if b is not None else 0, out.ptr, x.size // max(D, 1), D, float(eps),
+                     _stream(stream))
+    return out
+
+
+def rope_(x: GpuTensor, cos, sin, rot: int, interleaved: bool = False, stream=None) -> GpuTensor:
+    """Rotary embedding in place on x[M, H, d] (first `rot` dims of each head); cos, sin:
+    [M, rot/2] fp32. interleaved=False: rotate_half pairs (i, i + rot/2); True: GPT-J
+    rotate_every_two pairs (2i, 2i+1). Returns x."""
     _check_tensor("rope_ x", x, FLOATS, ndim=3)
     x._check_writable("rope_")
+    if not isinstance(interleaved, (bool, np.bool_)):
+        raise TypeError(f"rope_: interleaved must be a bool, got {type(interleaved).__name__} "
+                        "(pass stream= by keyword)")
     M, H, d = x.shape
     if rot % 2 or not 0 <= rot <= d:
         raise ValueError(f"rope_: rot={rot} must be even and at most the head dim {d}")
     cos = _param_f32("rope_", "cos", cos, (M, rot // 2), x.device)
     sin = _param_f32("rope_", "sin", sin, (M, rot // 2), x.device)
-    C.cuda_rope(x.context.handle, x.dtype.code, x.ptr, cos.ptr, sin.ptr, M, H, d, rot, _stream(stream))
+    C.cuda_rope(x.context.handle, x.dtype.code, x.ptr, cos.ptr, sin.ptr, M, H, d, rot, _stream(stream),
+                bool(interleaved))
     return x
 
 
 def attention(q: GpuTensor, k: GpuTensor, v: GpuTensor, scale: float, q_pos0: int = 0,
-              window: int = 0, kv_len=None, out=None, stream=None) -> GpuTensor:
+              window: int = 0, kv_len=None, out=None, stream=None, alibi=None,
+              softcap: float = 0.0) -> GpuTensor:
     """Causal grouped-query attention (contract of awq._awq_C.attention): q [B, T, Hq, d],
-    k, v [B, S, Hkv, d] (same dtype), kv_len: optional int64 [B] valid key counts. Query t sits at
-    position q_pos0 + t. Rows that see no key output 0. d <= 256."""
+    k [B, S, Hkv, d], v [B, S, Hkv, dv] (same dtype; dv may differ from d, DeepSeek MLA) ->
+    [B, T, Hq, dv]. kv_len: optional int64 [B] valid key counts. Query t sits at position
+    p = q_pos0 + t. alibi: optional fp32 [Hq] slopes adding alibi[h] * (j - p) to the scores
+    (BLOOM / MPT); softcap > 0: scores s -> softcap * tanh(s / softcap) after scaling (Gemma2).
+    Rows that see no key output 0. max(d, dv) <= 256."""
     _check_tensor("attention q", q, FLOATS, ndim=4)
     _check_tensor("attention k", k, (q.dtype,), ndim=4, device=q.device)
     _check_tensor("attention v", v, (q.dtype,), ndim=4, device=q.device)
     B, T, Hq, d = q.shape
-    if k.shape[0] != B or k.shape[3] != d or v.shape != k.shape:
+    if k.shape[0] != B or k.shape[3] != d or v.shape[:3] != k.shape[:3]:
         raise ValueError(f"attention: q {q.shape}, k {k.shape}, v {v.shape} do not fit "
-                         "q [B, T, Hq, d], k = v [B, S, Hkv, d]")
+                         "q [B, T, Hq, d], k [B, S, Hkv, d], v [B, S, Hkv, dv]")
+    dv = v.shape[3]
+    softcap = float(softcap)
+    if not (softcap >= 0.0 and np.isfinite(softcap)):
+        raise ValueError(f"attention: softcap must be finite and >= 0 (0 = off; got {softcap})")
+    alibi_ptr = 0
+    if alibi is not None:
+        alibi = _param_f32("attention", "alibi", alibi, (Hq,), q.device)
+        alibi_ptr = alibi.ptr
     S, Hkv = k.shape[1], k.shape[2]
     if Hkv == 0 or Hq % Hkv:
         raise ValueError(f"attention: {Hq} query heads are not a multiple of {Hkv} kv heads")
@@ -512,9 +546,10 @@ def attention(q: GpuTensor, k: GpuTensor, v: GpuTensor, scale: float, q_pos0: in
         if kv_len.shape != (B,):
             raise ValueError(f"attention kv_len: expected [{B}] entries, got {kv_len.shape}")
         kvl_ptr = kv_len.ptr
-    out = _out("attention", out, q.shape, q.dtype, q.device)
+    out = _out("attention", out, (B, T, Hq, dv), q.dtype, q.device)
     C.cuda_attention(q.context.handle, q.dtype.code, q.ptr, k.ptr, v.ptr, out.ptr, B, T, S, Hq, Hkv,
-                     d, float(scale), int(q_pos0), int(window), kvl_ptr, _stream(stream))
+                     d, float(scale), int(q_pos0), int(window), kvl_ptr, _stream(stream), alibi_ptr,
+                     softcap, dv)
     return out
 
 
@@ -531,6 +566,33 @@ def _binary(op, fn, a, b, out, stream):
 def silu_mul(gate: GpuTensor, up: GpuTensor, out=None, stream=None) -> GpuTensor:
     """silu(gate) * up element-wise (out may be gate or up)."""
     return _binary("silu_mul", C.cuda_silu_mul, gate, up, out, stream)
+
+
+ACT_KINDS = ("silu", "gelu", "gelu_tanh", "relu")
+
+
+def act(x: GpuTensor, kind: str, out=None, stream=None) -> GpuTensor:
+    """Element-wise activation (kinds of awq._awq_C.act: silu, gelu, gelu_tanh, relu); out may be x."""
+    _check_tensor("act x", x, FLOATS)
+    if kind not in ACT_KINDS:
+        raise ValueError(f'act: unknown activation "{kind}" (expected {", ".join(ACT_KINDS)})')
+    out = _out("act", out, x.shape, x.dtype, x.device)
+    C.cuda_act(x.context.handle, x.dtype.code, x.ptr, out.ptr, x.size, kind, _stream(stream))
+    return out
+
+
+def act_mul(gate: GpuTensor, up: GpuTensor, kind: str, out=None, stream=None) -> GpuTensor:
+    """act(gate) * up element-wise (kinds of act; out may be gate or up)."""
+    _check_tensor("act_mul gate", gate, FLOATS)
+    _check_tensor("act_mul up", up, (gate.dtype,), device=gate.device)
+    if kind not in ACT_KINDS:
+        raise ValueError(f'act_mul: unknown activation "{kind}" (expected {", ".join(ACT_KINDS)})')
+    if gate.size != up.size:
+        raise ValueError(f"act_mul: {gate.shape} and {up.shape} have different sizes")
+    out = _out("act_mul", out, gate.shape, gate.dtype, gate.device)
+    C.cuda_act_mul(gate.context.handle, gate.dtype.code, gate.ptr, up.ptr, out.ptr, gate.size, kind,
+                   _stream(stream))
+    return out
 
 
 def add(a: GpuTensor, b: GpuTensor, out=None, stream=None) -> GpuTensor:
@@ -697,7 +759,8 @@ def rows(t: GpuTensor, a0: int, a1: int) -> GpuTensor:
 __all__ = [
     "DType", "DTYPES", "GpuTensor", "Context", "context", "is_available", "device_count",
     "memory_stats", "empty_cache", "synchronize", "as_dtype", "empty", "zeros", "from_numpy",
-    "from_dlpack", "as_gpu", "rmsnorm", "rope_", "attention", "silu_mul", "add", "abs_mean",
+    "from_dlpack", "as_gpu", "rmsnorm", "layernorm", "rope_", "attention", "silu_mul", "act",
+    "act_mul", "ACT_KINDS", "add", "abs_mean",
     "linear", "pseudo_quantize", "clip_search", "scale_cols", "scale_rows", "sq_diff_sum", "weight_mean",
     "clamp_groups", "quantize_gemm", "rows", "float32", "float16", "bfloat16", "int32",
     "int64", "uint8",

@@ -381,6 +381,13 @@ class ModelConfig:
             return inv / _float(sc, "factor"), 1.0
         if kind == "yarn":
             return self._yarn(sc, inv)
+        if kind == "dynamic":  # dynamic NTK: the base grows once a call runs past the trained context
+            factor = _float(sc, "factor")
+            L = self.max_position_embeddings
+            if seq_len > L:
+                base = self.rope_theta * ((factor * seq_len / L) - (factor - 1)) ** (rot / max(rot - 2, 1))
+                inv = 1.0 / (base ** (np.arange(0, rot, 2, dtype=np.float64) / rot))
+            return inv, 1.0
         if kind in ("longrope", "su"):
             inv_s, att, old = self._longrope(sc, False)
             inv_l, att_l, _ = self._longrope(sc, True)  # validates the long factors too
@@ -401,7 +408,7 @@ class ModelConfig:
             medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
             return np.where(medium, smoothed, scaled), 1.0
         raise ConfigError(f"rope_scaling type {kind!r} isn't supported yet "
-                          f"(supported: default, linear, llama3, yarn, longrope)")
+                          f"(supported: default, linear, dynamic, llama3, yarn, longrope)")
 
     def rope_attention_factor(self, local: bool = False) -> float:
         if local and self.rope_local_theta:

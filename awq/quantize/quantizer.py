@@ -294,8 +294,9 @@ class AwqQuantizer:
         """Linear weights become backend masters (fp32 on the backend's device); norms and biases stay
         host arrays. Non-finite values are refused here, naming the tensor."""
         tensors = {}
+        lins = self.awq_model.plans[i].linears
         for name, t in host.items():
-            is_weight = t.ndim == 2
+            is_weight = name.endswith(".weight") and name[:-7] in lins
             if is_weight:
                 t = self.be.master(t)
             if not (self.be.all_finite(t) if is_weight else np.isfinite(t).all()):
@@ -312,7 +313,8 @@ class AwqQuantizer:
         for lin in plan.linears:
             W[lin] = self.be.linear(tensors[lin + ".weight"], tensors.get(lin + ".bias"))
         for name, t in tensors.items():  # norms (+ LayerNorm biases), router correction bias
-            if t.ndim == 1 and not any(name == l + ".bias" for l in plan.linears):
+            base = name.removesuffix(".weight").removesuffix(".bias")
+            if base not in plan.linears:
                 W[name.removesuffix(".weight")] = t
         return W
 
@@ -511,7 +513,8 @@ class AwqQuantizer:
         for lin in plan.linears:
             w, b = tensors[lin + ".weight"], r16(tensors.get(lin + ".bias"))
             if self.export_compatible or not self.converted(i, lin):
-                out[lin] = DenseWeight(self.be.to_host(w), b)
+                # rounded to fp16 as it will be saved, so the in-memory model computes what the file holds
+                out[lin] = DenseWeight(r16(self.be.to_host(w)), b)
             else:
                 K = w.shape[1]
                 out[lin] = self.be.quantize(w, self.w_bit, self._g(K), self.zero_point, b,

@@ -1,0 +1,193 @@
+"""The architecture table as users see it: AutoAWQ's model map, adding an architecture (a spec row or
+a subclass), refusing duplicates and inconsistent rows, and MoE quantization rules (router kept in
+float and compensated, unrouted experts still quantized)."""
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import awq.runtime.layers as layers_mod
+from awq import AutoAWQForCausalLM
+from awq._backend import C
+from awq.io.safetensors import SafetensorsFile, save_file
+from awq.models.auto import AWQ_CAUSAL_LM_MODEL_MAP, register_architecture
+from awq.models.base import BaseAWQForCausalLM
+from awq.models.spec import ARCH_SPECS, ArchSpec, ScaleGroup, register_spec
+
+ARCHS = Path(__file__).resolve().parent / "fixtures" / "archs"
+
+AUTOAWQ_TYPES = [
+    "mpt", "llama", "opt", "RefinedWeb", "RefinedWebModel", "falcon", "exaone", "bloom", "gptj", "gpt_bigcode",
+    "mistral", "mixtral", "gpt_neox", "aquila", "Yi", "qwen", "baichuan", "llava", "qwen2", "qwen3", "qwen3_moe",
+    "gemma", "gemma2", "stablelm", "starcoder2", "llava_next", "phi3", "phi3_v", "cohere", "deepseek_v2",
+    "deepseek_v3", "minicpm", "internlm2", "minicpm3", "qwen2_vl", "qwen2_5_vl", "qwen2_5_omni",
+]
+
+
+def test_every_autoawq_type_is_in_the_model_map():
+    missing = [t for t in AUTOAWQ_TYPES + ["gemma3", "gemma3_text", "glm4"] if t not in AWQ_CAUSAL_LM_MODEL_MAP]
+    assert not missing
+    for t, cls in AWQ_CAUSAL_LM_MODEL_MAP.items():
+        assert issubclass(cls, BaseAWQForCausalLM) and cls.spec.model_type == t
+
+
+@pytest.fixture
+def registry_guard():
+    """Restores the table and the model map after a test registers architectures."""
+    specs, classes = dict(ARCH_SPECS), dict(AWQ_CAUSAL_LM_MODEL_MAP)
+    yield
+    ARCH_SPECS.clear()
+    ARCH_SPECS.update(specs)
+    AWQ_CAUSAL_LM_MODEL_MAP.clear()
+    AWQ_CAUSAL_LM_MODEL_MAP.update(classes)
+
+
+def test_duplicate_registration_raises(registry_guard):
+    with pytest.raises(ValueError, match="already registered"):
+        register_spec(ArchSpec("llama", "LlamaForCausalLM"))
+    with pytest.raises(ValueError, match="already registered"):
+        register_architecture(ArchSpec("mistral", "MistralForCausalLM"))
+
+
+@pytest.mark.parametrize("kw, msg", [
+    ({"block": "weird"}, "block 'weird'"),
+    ({"norm_kind": "batchnorm"}, "norm_kind"),
+    ({"mlp": "gated_fused"}, "needs gate_up"),
+    ({"position": "learned"}, "needs pos_embed"),
+    ({"block": "sequential", "post_attn_norm": None}, "needs post_attn_norm"),
+    ({"q_norm": "self_attn.q_norm"}, "go together"),
+    ({"groups": (ScaleGroup("input_layernorm", ("self_attn.nope",), "attn"),)}, "not a linear"),
+    ({"groups": (ScaleGroup("nowhere", ("self_attn.q_proj",), "attn"),)}, "prev_op"),
+    ({"groups": (ScaleGroup("input_layernorm", ("self_attn.q_proj",), "attn"),
+                 ScaleGroup("self_attn.v_proj", ("self_attn.q_proj",), "self_attn.q_proj"))}, "two scaling groups"),
+])
+def test_inconsistent_spec_raises(registry_guard, kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        register_architecture(ArchSpec("my_arch", "MyForCausalLM", **kw))
+    assert "my_arch" not in AWQ_CAUSAL_LM_MODEL_MAP and "my_arch" not in ARCH_SPECS
+
+
+def _renamed_llama(tmp_path, model_type):
+    """The llama fixture with other tensor names (decoder.blocks.N.*) and model_type."""
+    src = ARCHS / "llama"
+    dst = tmp_path / model_type
+    dst.mkdir()
+    sf = SafetensorsFile(str(src / "model.safetensors"))
+    ren = {"model.layers.": "decoder.blocks.", "self_attn.": "attn.", "input_layernorm": "norm1",
+           "post_attention_layernorm": "norm2", "mlp.": "ffn.", "model.embed_tokens": "decoder.wte",
+           "model.norm": "decoder.norm_f"}
+    out = {}
+    for k in sf.keys():
+        n = k
+        for a, b in ren.items():
+            n = n.replace(a, b)
+        out[n] = np.array(sf.get(k))
+    save_file(out, str(dst / "model.safetensors"), metadata={"format": "pt"})
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["model_type"] = model_type
+    (dst / "config.json").write_text(json.dumps(cfg))
+    shutil.copy(src / "reference.npz", dst / "reference.npz")
+    return dst
+
+
+MY_SPEC = dict(layers_prefix="decoder.blocks", embed="decoder.wte.weight", final_norm="decoder.norm_f.weight",
+               input_norm="norm1", post_attn_norm="norm2", q="attn.q_proj", k="attn.k_proj", v="attn.v_proj",
+               o="attn.o_proj", gate="ffn.gate_proj", up="ffn.up_proj", down="ffn.down_proj")
+
+
+def test_user_spec_row_runs_and_quantizes(registry_guard, tmp_path):
+    folder = _renamed_llama(tmp_path, "my_llama")
+    with pytest.raises(TypeError, match="isn't supported yet"):
+        AutoAWQForCausalLM.from_pretrained(str(folder))
+    register_architecture(ArchSpec("my_llama", "MyLlamaForCausalLM", **MY_SPEC))
+    ref = np.load(folder / "reference.npz")
+    model = AutoAWQForCausalLM.from_pretrained(str(folder))
+    got = model.forward(ref["input_ids"])
+    assert np.linalg.norm(got - ref["logits"]) / np.linalg.norm(ref["logits"]) < 1e-4
+    rng = np.random.default_rng(0)
+    calib = [list(map(int, rng.integers(3, 128, 32))) for _ in range(4)]
+    model.quantize(None, quant_config={"q_group_size": 32}, calib_data=calib, max_calib_seq_len=32)
+    model.save_quantized(str(tmp_path / "q"))
+    names = SafetensorsFile(str(tmp_path / "q" / "model.safetensors")).keys()
+    assert "decoder.blocks.0.attn.q_proj.qweight" in names and "decoder.blocks.1.ffn.down_proj.scales" in names
+
+
+def test_user_subclass_is_used(registry_guard, tmp_path):
+    folder = _renamed_llama(tmp_path, "my_llama2")
+
+    class MyLlama(BaseAWQForCausalLM):
+        def forward(self, input_ids, **kw):
+            return super().forward(input_ids, **kw) * 2.0
+
+    cls = register_architecture(ArchSpec("my_llama2", "MyLlamaForCausalLM", **MY_SPEC), MyLlama)
+    assert issubclass(cls, MyLlama) and AWQ_CAUSAL_LM_MODEL_MAP["my_llama2"] is cls
+    ref = np.load(folder / "reference.npz")
+    got = AutoAWQForCausalLM.from_pretrained(str(folder)).forward(ref["input_ids"])
+    np.testing.assert_allclose(got, 2 * ref["logits"], rtol=2e-4, atol=2e-4)
+    with pytest.raises(TypeError, match="subclass"):
+        register_architecture(ArchSpec("my_llama3", "X", **MY_SPEC), dict)
+
+
+# ---- MoE -------------------------------------------------------------------------------------------
+
+
+def _calib(n=8, T=32, vocab=128):
+    rng = np.random.default_rng(11)
+    return [list(map(int, rng.integers(3, vocab, T))) for _ in range(n)]
+
+
+def test_router_is_kept_in_float_and_compensated(tmp_path):
+    d = ARCHS / "mixtral"
+    model = AutoAWQForCausalLM.from_pretrained(str(d))
+    src = SafetensorsFile(str(d / "model.safetensors"))
+    model.quantize(None, quant_config={"q_group_size": 32}, calib_data=_calib(), max_calib_seq_len=32)
+    model.save_quantized(str(tmp_path / "q"))
+    out = SafetensorsFile(str(tmp_path / "q" / "model.safetensors"))
+    scaled = 0
+    for i in range(model.cfg.num_layers):
+        p = f"model.layers.{i}."
+        r0 = src.get_float32(p + "block_sparse_moe.gate.weight")
+        r1 = out.get_float32(p + "block_sparse_moe.gate.weight")
+        assert p + "block_sparse_moe.gate.qweight" not in out.keys()
+        n0 = src.get_float32(p + "post_attention_layernorm.weight")
+        n1 = out.get_float32(p + "post_attention_layernorm.weight")
+        s = n0 / n1  # the scale folded out of the norm ...
+        # ... must be folded into the router's input columns, so routing is unchanged
+        np.testing.assert_allclose(r1, r0 * s[None, :], rtol=3e-3, atol=1e-4)
+        scaled += not np.allclose(s, 1.0)
+    assert scaled, "no layer's norm->experts group chose a non-identity scale; the test shows nothing"
+
+
+def test_unrouted_expert_is_still_quantized(tmp_path, monkeypatch):
+    """An expert no calibration token reaches gets no scale search for its up->down group and no
+    clip: its down_proj is plain min/max 4-bit of the original weight (the documented fallback)."""
+    real_route = layers_mod.route
+
+    def never_expert_3(cfg, logits, bias):
+        lg = np.array(logits, copy=True)
+        lg[:, 3] = -1e30
+        return real_route(cfg, lg, bias)
+
+    monkeypatch.setattr(layers_mod, "route", never_expert_3)
+    d = ARCHS / "mixtral"
+    model = AutoAWQForCausalLM.from_pretrained(str(d))
+    src = SafetensorsFile(str(d / "model.safetensors"))
+    model.quantize(None, quant_config={"q_group_size": 32}, calib_data=_calib(), max_calib_seq_len=32)
+    for rep in model.reports:
+        key = [k for k in rep.ratios if "experts.3.w3" in k.split("->")[0]]
+        assert key and np.isnan(rep.ratios[key[0]])
+    layer = model._layers[0]
+    q = layer["block_sparse_moe.experts.3.w2"]
+    w = src.get_float32("model.layers.0.block_sparse_moe.experts.3.w2.weight")
+    codes = C.unpack_gemm(q.qweight).astype(np.int32)  # [K, N]
+    zeros = C.unpack_gemm(q.qzeros).astype(np.int32)  # [G, N]
+    scales = q.scales.astype(np.float32)  # [G, N]
+    g = np.arange(codes.shape[0]) // 32
+    deq = ((codes - zeros[g]) * scales[g]).T
+    ref = C.pseudo_quantize(w, 32, 4, True)
+    np.testing.assert_allclose(deq, ref, rtol=1e-3, atol=1e-3 * np.abs(ref).max())
+    other = layer["block_sparse_moe.experts.0.w2"]
+    assert other.qweight.shape == q.qweight.shape
