@@ -191,3 +191,20 @@ def test_unrouted_expert_is_still_quantized(tmp_path, monkeypatch):
     np.testing.assert_allclose(deq, ref, rtol=1e-3, atol=1e-3 * np.abs(ref).max())
     other = layer["block_sparse_moe.experts.0.w2"]
     assert other.qweight.shape == q.qweight.shape
+
+
+@pytest.mark.parametrize("name, drop", [("bloom", "transformer."), ("opt", "model.")])
+def test_original_prefixless_names_load(tmp_path, name, drop):
+    """bigscience's BLOOM and facebook's OPT files name tensors without the leading module prefix
+    (h.0..., decoder.layers.0...); both spellings load to the same model."""
+    src = ARCHS / name
+    sf = SafetensorsFile(str(src / "model.safetensors"))
+    out = {(k[len(drop):] if k.startswith(drop) else k): np.array(sf.get(k)) for k in sf.keys()}
+    assert any(k != k2 for k, k2 in zip(sorted(sf.keys()), sorted(out)))
+    dst = tmp_path / name
+    dst.mkdir()
+    save_file(out, str(dst / "model.safetensors"), metadata={"format": "pt"})
+    shutil.copy(src / "config.json", dst / "config.json")
+    ref = np.load(src / "reference.npz")
+    got = AutoAWQForCausalLM.from_pretrained(str(dst)).forward(ref["input_ids"])
+    assert np.linalg.norm(got - ref["logits"]) / np.linalg.norm(ref["logits"]) < 1e-4

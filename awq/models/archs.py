@@ -407,12 +407,14 @@ TABLE = [
              final_norm="model.decoder.final_layer_norm.weight", pos_embed="model.decoder.embed_positions.weight",
              position="learned", norm_kind="layernorm", input_norm="self_attn_layer_norm",
              post_attn_norm="final_layer_norm", o="self_attn.out_proj", mlp="plain", up="fc1", down="fc2",
-             act="relu", qkv_bias="enable_bias", o_bias="enable_bias", mlp_bias="enable_bias", config_adapter=_opt),
+             act="relu", qkv_bias="enable_bias", o_bias="enable_bias", mlp_bias="enable_bias", config_adapter=_opt,
+             alt_prefixes=((("model.decoder.", "decoder."),),)),  # facebook's own files drop "model."
     ArchSpec("bloom", "BloomForCausalLM", layers_prefix="transformer.h", embed="transformer.word_embeddings.weight",
              final_norm="transformer.ln_f.weight", embed_norm="transformer.word_embeddings_layernorm.weight",
              position="alibi", norm_kind="layernorm", qkv="self_attention.query_key_value", qkv_layout="heads",
              o="self_attention.dense", mlp="plain", up="mlp.dense_h_to_4h", down="mlp.dense_4h_to_h",
-             act="gelu_tanh", qkv_bias=True, o_bias=True, mlp_bias=True, config_adapter=_bloom),
+             act="gelu_tanh", qkv_bias=True, o_bias=True, mlp_bias=True, config_adapter=_bloom,
+             alt_prefixes=((("transformer.", ""),),)),  # bigscience's own files drop "transformer."
     ArchSpec("mpt", "MPTForCausalLM", layers_prefix="transformer.blocks", embed="transformer.wte.weight",
              final_norm="transformer.norm_f.weight", position="alibi", norm_kind="layernorm", input_norm="norm_1",
              post_attn_norm="norm_2", qkv="attn.Wqkv", o="attn.out_proj", mlp="plain", up="ffn.up_proj",
