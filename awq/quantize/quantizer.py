@@ -60,6 +60,12 @@ class LayerReport:
     ratios: Dict[str, float] = field(default_factory=dict)  # group name -> chosen ratio (-1 identity)
     losses: Dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    # The applied transform, for the quality report and for reproducing export_compatible outputs:
+    scales: Dict[str, np.ndarray] = field(default_factory=dict)  # group name -> s [K] (only non-identity)
+    clips: Dict[str, np.ndarray] = field(default_factory=dict)  # linear -> max_val [N, G]
+    # Relative output MSE of the whole layer against its float forward (quantize(report=True)):
+    errors: Dict[str, float] = field(default_factory=dict)  # "awq" / "rtn" -> ||y_q - y||^2 / ||y - x||^2
+    clip_ratios: Dict[str, np.ndarray] = field(default_factory=dict)  # linear -> max_val / group max|w|
 
 
 def _group_name(g) -> str:
@@ -91,7 +97,7 @@ class AwqQuantizer:
                  duo_scaling=True, modules_to_not_convert=None, export_compatible=False,
                  apply_clip=True, n_parallel_calib_samples=None, max_calib_samples=128,
                  max_calib_seq_len=512, max_chunk_memory=1024 ** 3, rtn=False, verbose=True, device=None,
-                 calib_dtype=None, resume_dir=None, **kwargs):
+                 calib_dtype=None, resume_dir=None, report=False, report_blocks=16, **kwargs):
         if w_bit not in (2, 3, 4, 8):
             raise ValueError(f"w_bit must be one of 2, 3, 4, 8, got {w_bit!r}")
         if not (group_size == -1 or (isinstance(group_size, int) and group_size > 0)):
@@ -111,6 +117,7 @@ class AwqQuantizer:
         self.rtn, self.verbose = rtn, verbose
         self.resume_dir = None if resume_dir is None else os.fspath(resume_dir)
         self.reports: List[LayerReport] = []
+        self.collect_errors, self.report_blocks = bool(report), int(report_blocks)
         self.compute_dtype = "float32"  # what the backend computes in (set for cuda below)
         self.be = self._make_backend(device, calib_dtype)
 
@@ -218,9 +225,12 @@ class AwqQuantizer:
             host = self.awq_model.load_layer_f32(i)
             tensors = self._to_backend(i, host)
             report = LayerReport(i)
+            x_in = x
             if blocks is not None:
                 x = self._awq_layer(i, tensors, x, report)
             layer = self._finish_layer(i, tensors)
+            if self.collect_errors and blocks is not None:
+                self._layer_errors(i, host, layer, x_in, report)
             report.seconds = time.time() - t0
             if store is not None:
                 store.save(i, layer, report)
@@ -370,6 +380,7 @@ class AwqQuantizer:
             report.ratios[_group_name(g)], report.losses[_group_name(g)] = ratio, loss
             if s is not None:
                 self._apply_scale(i, g, tensors, feats, s)
+                report.scales[_group_name(g)] = np.asarray(s, np.float32)
         # (3) clip search.
         if self.apply_clip:
             for lin in plan.linears:
@@ -377,7 +388,9 @@ class AwqQuantizer:
                     continue
                 if plan.feat_key[lin] not in feats:
                     continue  # unrouted expert: nothing to measure the clip on; plain min/max quantization
-                self._clip(i, lin, tensors, feats[plan.feat_key[lin]])
+                report.clips[lin] = self._clip(i, lin, tensors, feats[plan.feat_key[lin]])
+                if self.collect_errors:
+                    report.clip_ratios[lin] = self._clip_ratio
         return out
 
     def _same_shape(self, g, tensors) -> bool:
@@ -494,7 +507,43 @@ class AwqQuantizer:
         gs = self._g(w.shape[1])
         step = max(1, x_in.shape[0] // N_SAMPLE_TOKENS_CLIP)
         max_val = self.be.clip_search(w, x_in, step, gs, self.w_bit, self.zero_point, N_GRID, 0.5)
+        if self.collect_errors:  # the report shows how far each group was clipped
+            wh = np.asarray(self.be.to_host(w), np.float32)
+            N, K = wh.shape
+            self._clip_ratio = np.asarray(self.be.to_host(max_val), np.float32) / np.maximum(
+                np.abs(wh.reshape(N, K // gs, gs)).max(axis=2), 1e-30)
         tensors[lin + ".weight"] = self.be.clamp(w, max_val, gs)
+        return np.asarray(self.be.to_host(max_val) if not isinstance(max_val, np.ndarray) else max_val, np.float32)
+
+    def _layer_errors(self, i: int, host: Dict, layer: Dict, x, report: LayerReport):
+        """Relative output MSE of layer i quantized with AWQ (what was produced) and with plain RTN
+        (the original weights, no scale, no clip), against the float layer, on the first
+        report_blocks calibration blocks; computed on the CPU."""
+        from awq.models.base import _runtime_modules
+        from awq.runtime.layers import DenseLinear
+
+        spec, cfg, plan = self.spec, self.cfg, self.awq_model.plans[i]
+        xb = np.ascontiguousarray(self.be.to_host(self.be.rows(x, 0, min(x.shape[0], self.report_blocks))),
+                                  np.float32) if not isinstance(x, np.ndarray) else x[: self.report_blocks]
+        nb, T, _ = xb.shape
+        ropes = block_rope(cfg, nb, T)
+        norms = {k.removesuffix(".weight"): v for k, v in host.items()
+                 if k.removesuffix(".weight").removesuffix(".bias") not in plan.linears}
+        fl = dict(norms)
+        rtn = dict(norms)
+        for lin in plan.linears:
+            w, b = host[lin + ".weight"], host.get(lin + ".bias")
+            fl[lin] = DenseLinear(w, b)
+            if self.converted(i, lin):
+                K = w.shape[1]
+                rtn.update(_runtime_modules({lin: quantize_weight(w, self.w_bit, self._g(K), self.zero_point, b, lin)}))
+            else:
+                rtn[lin] = fl[lin]
+        ref = layer_forward(spec, cfg, plan, fl, xb, ropes)
+        den = float(np.sum(np.square(ref - xb, dtype=np.float64)))  # the layer's own contribution
+        for key, mods in (("awq", _runtime_modules(layer)), ("rtn", rtn)):
+            y = layer_forward(spec, cfg, plan, mods, xb, ropes)
+            report.errors[key] = float(np.sum(np.square(y - ref, dtype=np.float64)) / max(den, 1e-30))
 
     # ---- quantize --------------------------------------------------------------------------
     def _finish_layer(self, i: int, tensors: Dict[str, np.ndarray]) -> Dict:
