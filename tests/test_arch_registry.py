@@ -208,3 +208,34 @@ def test_original_prefixless_names_load(tmp_path, name, drop):
     ref = np.load(src / "reference.npz")
     got = AutoAWQForCausalLM.from_pretrained(str(dst)).forward(ref["input_ids"])
     assert np.linalg.norm(got - ref["logits"]) / np.linalg.norm(ref["logits"]) < 1e-4
+
+
+def test_vision_tower_listed_under_new_transformers_names(tmp_path):
+    """transformers 5 saves llava as model.language_model.* / model.vision_tower.*: the decoder is
+    found through the spec's alternative prefixes and the tower is listed by its full path."""
+    src = ARCHS / "llava"
+    sf = SafetensorsFile(str(src / "model.safetensors"))
+    ren = {"language_model.model.": "model.language_model.", "language_model.lm_head": "lm_head",
+           "vision_tower.": "model.vision_tower.", "multi_modal_projector.": "model.multi_modal_projector."}
+    out = {}
+    for k in sf.keys():
+        n = k
+        for a, b in ren.items():
+            if n.startswith(a):
+                n = b + n[len(a):]
+                break
+        out[n] = np.array(sf.get(k))
+    d = tmp_path / "llava5"
+    d.mkdir()
+    save_file(out, str(d / "model.safetensors"), metadata={"format": "pt"})
+    shutil.copy(src / "config.json", d / "config.json")
+    ref = np.load(src / "reference.npz")
+    m = AutoAWQForCausalLM.from_pretrained(str(d))
+    assert m.spec.layers_prefix == "model.language_model.layers"
+    got = m.forward(ref["input_ids"])
+    assert np.linalg.norm(got - ref["logits"]) / np.linalg.norm(ref["logits"]) < 1e-4
+    m.quantize(None, quant_config={"q_group_size": 32}, calib_data=_calib(4), max_calib_seq_len=32)
+    m.save_quantized(str(tmp_path / "q"))
+    qc = json.loads((tmp_path / "q" / "config.json").read_text())["quantization_config"]
+    assert "model.vision_tower" in qc["modules_to_not_convert"]
+    assert "model.multi_modal_projector" in qc["modules_to_not_convert"]

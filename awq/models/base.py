@@ -254,26 +254,26 @@ class BaseAWQForCausalLM:
         return W
 
     def _load_quantized_layer(self, i: int) -> Dict:
+        """Layer i's runtime modules from a quantized checkpoint; linears stored in another AutoAWQ
+        layout (gemv, gemv_fast, marlin) are converted here, once, to GEMM (awq/io/layouts.py)."""
+        from awq.io.layouts import LAYOUTS, to_gemm
+
         ck, qc, plan = self.ckpt, self.quant_config, self.plans[i]
-        W = {}
+        layout = LAYOUTS[qc.get("source_version", "gemm")]
+        W, dropped = {}, []
         for lin, (N, K) in plan.linears.items():
             base = self._name(i, lin)
             bias = ck.get_float32(base + ".bias") if base + ".bias" in ck else None
             if base + ".qweight" in ck:
-                for part in ("qzeros", "scales"):
+                for part in layout.tensors[1:]:
                     if f"{base}.{part}" not in ck:
-                        raise ValueError(f"{self.model_path}: {base}.qweight present but {base}.{part} missing")
+                        raise ValueError(f"{self.model_path}: {base}.qweight present but {base}.{part} missing "
+                                         f"(AutoAWQ {layout.name} layout)")
                 g = K if qc["q_group_size"] == -1 else qc["q_group_size"]
-                qw = ck.get(base + ".qweight")
-                if tuple(qw.shape) != (K, N // 8):
-                    raise ValueError(f"{base}.qweight: shape {tuple(qw.shape)}, expected {(K, N // 8)} "
-                                     f"(AutoAWQ GEMM layout [in, out/8])")
-                if ck.dtype(base + ".scales") not in ("F16", "BF16", "F32"):
-                    raise ValueError(f"{base}.scales: unexpected dtype {ck.dtype(base + '.scales')}")
-                scales = ck.get(base + ".scales") if ck.dtype(base + ".scales") == "F16" else \
-                    ck.get_float32(base + ".scales").astype(np.float16)
+                qw, qz, scales = to_gemm(layout.name, _layout_tensors(ck, base, layout), K, N, g, base)
+                dropped += [f"{base}.{p}" for p in layout.tensors if p not in ("qweight", "qzeros", "scales")]
                 try:
-                    W[lin] = AWQLinear(qw, ck.get(base + ".qzeros"), scales, bias, g)
+                    W[lin] = AWQLinear(qw, qz, scales, bias, g)
                 except ValueError as e:
                     raise ValueError(f"{base}: {e}") from None
             elif base + ".weight" in ck:
@@ -283,6 +283,8 @@ class BaseAWQForCausalLM:
             else:
                 raise ValueError(f"{self.model_path}: neither {base}.qweight nor {base}.weight is present")
         W.update(_norm_modules(self._layer_extras(i)))
+        if dropped:  # converted away: save_quantized must not copy them next to the GEMM tensors
+            self.ckpt = _hide_tensors(ck, dropped)
         return W
 
     def embed_tokens(self, ids: np.ndarray) -> np.ndarray:
@@ -487,6 +489,18 @@ class BaseAWQForCausalLM:
             t[name] = BF16(raw) if ck.dtype(name) == "BF16" else raw
         return t
 
+    def _outside_decoder(self) -> List[str]:
+        """Full dotted prefixes of the checkpoint's modules outside the language decoder (vision and
+        audio towers, projectors) as this checkpoint spells them (old or new multimodal names)."""
+        out = []
+        for m in self.spec.not_converted:
+            for k in self.ckpt.keys():
+                if k.startswith(m + "."):
+                    out.append(m)
+                elif f".{m}." in k:
+                    out.append(k[: k.index(f".{m}.") + 1 + len(m)])
+        return list(dict.fromkeys(out))
+
     def _not_converted(self) -> List[str]:
         from awq.quantize.quantizer import DenseWeight
 
@@ -515,7 +529,7 @@ class BaseAWQForCausalLM:
             skipped = self._not_converted()
             qmods = [self._name(i, n) for i in range(self.cfg.num_layers) for n in self.plans[i].linears
                      if self._name(i, n) not in skipped]
-            skipped = skipped + [m for m in self.spec.not_converted if any(k.startswith(m) for k in self.ckpt.keys())]
+            skipped = skipped + self._outside_decoder()
             for entry in skipped:
                 for m in qmods:
                     if module_matches(entry, m):
@@ -583,18 +597,22 @@ def load_quant_config(folder: str, config: dict) -> dict:
     method = str(qc.get("quant_method", "awq")).lower()
     if method != "awq":
         raise ValueError(f"{folder}: quant_method {method!r} is not AWQ")
-    version = str(qc.get("version", "gemm")).lower()
-    if version != "gemm":
-        raise ValueError(f"{folder}: AWQ version {version!r} checkpoints are not readable by this build "
-                         "(only the 'gemm' layout is)")
+    from awq.io.layouts import canonical_version
+
+    try:
+        version = canonical_version(qc.get("version", "gemm"))
+    except ValueError as e:
+        raise ValueError(f"{folder}: {e}") from None
     bits = qc.get("bits", qc.get("w_bit", 4))
     g = qc.get("group_size", qc.get("q_group_size", 128))
     if bits != 4:
         raise ValueError(f"{folder}: {bits}-bit AWQ GEMM checkpoints are not supported (only 4-bit)")
     if isinstance(g, bool) or not isinstance(g, int) or not (g == -1 or g > 0):
         raise ConfigError(f"{folder}: bad group_size {g!r} in the quantization config")
+    # loaded layers are converted to GEMM (awq/io/layouts.py), so the model is GEMM from here on;
+    # source_version names the layout the checkpoint was stored in
     return {"w_bit": 4, "q_group_size": g, "zero_point": bool(qc.get("zero_point", True)), "version": "gemm",
-            "modules_to_not_convert": qc.get("modules_to_not_convert")}
+            "source_version": version, "modules_to_not_convert": qc.get("modules_to_not_convert")}
 
 
 def _bias_name(weight_name: str) -> str:
@@ -630,3 +648,29 @@ def _resolve_spec(spec, config: dict, ckpt):
                            final_norm=sub(spec.final_norm), lm_head=sub(spec.lm_head), pos_embed=sub(spec.pos_embed),
                            embed_norm=sub(spec.embed_norm))
     return spec
+
+
+def _layout_tensors(ck, base: str, layout) -> Dict[str, np.ndarray]:
+    """One quantized linear's stored tensors for awq.io.layouts.to_gemm: float ones as fp16 (a
+    zero-copy view when stored so), integer words as stored."""
+    out = {}
+    for part in layout.tensors:
+        name = f"{base}.{part}"
+        if layout.dtypes[part] != "f16":
+            out[part] = ck.get(name)
+        elif ck.dtype(name) == "F16":
+            out[part] = ck.get(name)
+        elif ck.dtype(name) in ("BF16", "F32"):
+            out[part] = ck.get_float32(name).astype(np.float16)
+        else:
+            raise ValueError(f"{name}: unexpected dtype {ck.dtype(name)}")
+    return out
+
+
+def _hide_tensors(ck, names: List[str]):
+    """The same open checkpoint without `names` (source-layout tensors that conversion replaced)."""
+    from awq.io.checkpoint import Checkpoint
+
+    drop = set(names)
+    return Checkpoint(ck.folder, ck._files, {k: v for k, v in ck._weight_map.items() if k not in drop},
+                      ck.index_metadata)
