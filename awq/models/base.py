@@ -549,6 +549,20 @@ class BaseAWQForCausalLM:
                 shutil.copyfile(gen, os.path.join(tmp, "generation_config.json"))
             self._save_tokenizer(tmp)
 
+    def push_to_hub(self, repo_id, private=False, token=None, commit_message="Upload AWQ model", **kwargs):
+        """Uploads the quantized checkpoint (saved to a temporary folder unless save_dir=...) with a
+        model card holding the quantization settings and any perplexities=... given (awq/hub.py)."""
+        from awq.hub import push_to_hub
+
+        return push_to_hub(self, repo_id, private=private, token=token, commit_message=commit_message, **kwargs)
+
+    def export_onnx(self, path, **kwargs):
+        """An ONNX decoder graph (com.microsoft MatMulNBits for the 4-bit linears, KV cache inputs and
+        outputs) at `path` (awq/export/onnx.py)."""
+        from awq.export.onnx import export_onnx
+
+        return export_onnx(self, path, **kwargs)
+
     def _save_tokenizer(self, folder: str):
         tok = self._tokenizer
         if tok is not None and hasattr(tok, "save_pretrained"):
