@@ -495,10 +495,11 @@ class BaseAWQForCausalLM:
         out = []
         for m in self.spec.not_converted:
             for k in self.ckpt.keys():
-                if k.startswith(m + "."):
+                if k == m or k.startswith(m + "."):
                     out.append(m)
-                elif f".{m}." in k:
-                    out.append(k[: k.index(f".{m}.") + 1 + len(m)])
+                elif f".{m}." in k or k.endswith("." + m):
+                    j = k.index(f".{m}.") if f".{m}." in k else len(k) - len(m) - 1
+                    out.append(k[: j + 1 + len(m)])
         return list(dict.fromkeys(out))
 
     def _not_converted(self) -> List[str]:

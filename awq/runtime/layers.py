@@ -86,6 +86,33 @@ class CpuOps:
     def add(a, b, out=None):
         return np.add(a, b, out=out)
 
+    @staticmethod
+    def scale(a, s: float):
+        return a * np.float32(s)
+
+    @staticmethod
+    def split_cols(y, F: int):
+        """y [M, 2F] -> contiguous (y[:, :F], y[:, F:])."""
+        return np.ascontiguousarray(y[:, :F]), np.ascontiguousarray(y[:, F:])
+
+    @staticmethod
+    def split_qkv(y, layout: str, Hq: int, Hkv: int, d: int):
+        """A fused q|k|v output [M, (Hq + 2 Hkv) d] -> contiguous q [M, Hq, d], k, v [M, Hkv, d].
+        layout "concat": [q; k; v]; "heads": per head [q_h; k_h; v_h]; "groups": per kv head
+        [q heads of the group; k; v]."""
+        M = y.shape[0]
+        if layout == "concat":
+            q, k, v = y[:, :Hq * d], y[:, Hq * d:(Hq + Hkv) * d], y[:, (Hq + Hkv) * d:]
+        elif layout == "heads":
+            y = y.reshape(M, Hq, 3, d)
+            q, k, v = y[:, :, 0], y[:, :, 1], y[:, :, 2]
+        else:
+            G = Hq // Hkv
+            y = y.reshape(M, Hkv, G + 2, d)
+            q, k, v = y[:, :, :G], y[:, :, G], y[:, :, G + 1]
+        f = np.ascontiguousarray
+        return f(q).reshape(M, Hq, d), f(k).reshape(M, Hkv, d), f(v).reshape(M, Hkv, d)
+
 
 CPU_OPS = CpuOps()
 
@@ -144,22 +171,6 @@ def alibi_slopes(kind: str, heads: int, bias_max: float = 8.0) -> np.ndarray:
     return slopes.astype(np.float32)
 
 
-def split_qkv(spec, cfg, y, M: int):
-    """A fused q|k|v output [M, (Hq + 2 Hkv) d] -> contiguous q [M, Hq, d], k, v [M, Hkv, d]."""
-    Hq, Hkv, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    if spec.qkv_layout == "concat":
-        q, k, v = y[:, :Hq * d], y[:, Hq * d:(Hq + Hkv) * d], y[:, (Hq + Hkv) * d:]
-    elif spec.qkv_layout == "heads":
-        y = y.reshape(M, Hq, 3, d)
-        q, k, v = y[:, :, 0], y[:, :, 1], y[:, :, 2]
-    else:  # groups: per kv head [q heads of the group; k; v]
-        G = Hq // Hkv
-        y = y.reshape(M, Hkv, G + 2, d)
-        q, k, v = y[:, :, :G], y[:, :, G], y[:, :, G + 1]
-    f = np.ascontiguousarray
-    return f(q).reshape(M, Hq, d), f(k).reshape(M, Hkv, d), f(v).reshape(M, Hkv, d)
-
-
 def _attend(cfg, plan, q, k, v, B: int, T: int, q_pos0: int, cache, layer_idx: int, ops, alibi):
     """q [B, T, Hq, dk], k [B, T, Hkv, dk], v [B, T, Hkv, dv] -> [B*T, Hq*dv], through the cache."""
     kw = {}
@@ -192,7 +203,7 @@ def attn_forward(spec, cfg, plan, W: Dict, h, B: int, T: int, ropes, q_pos0: int
         y = W[spec.qkv](h)
         if cfg.clip_qkv:
             np.clip(y, -cfg.clip_qkv, cfg.clip_qkv, out=y)
-        q, k, v = split_qkv(spec, cfg, y, M)
+        q, k, v = ops.split_qkv(y, spec.qkv_layout, Hq, Hkv, d)
     else:
         _cap(capture, plan, spec.q, h)
         q, k, v = W[spec.q](h), W[spec.k](h), W[spec.v](h)
@@ -332,8 +343,7 @@ def mlp_forward(spec, cfg, plan, W: Dict, h, capture: Optional[Dict] = None, ops
     if kind == "gated_fused":
         _cap(capture, plan, spec.gate_up, h)
         gu = W[spec.gate_up](h)
-        F = gu.shape[1] // 2
-        g, u = np.ascontiguousarray(gu[:, :F]), np.ascontiguousarray(gu[:, F:])
+        g, u = ops.split_cols(gu, gu.shape[1] // 2)
         a = ops.silu_mul(g, u) if cfg.act == "silu" else ops.act_mul(g, u, cfg.act)
         _cap(capture, plan, spec.down, a)
         return W[spec.down](a)
@@ -345,8 +355,8 @@ def mlp_forward(spec, cfg, plan, W: Dict, h, capture: Optional[Dict] = None, ops
     return moe_forward(spec, cfg, plan, W, h, capture, ops)
 
 
-def _scaled(a, s):
-    return a if s is None else a * np.float32(s)
+def _scaled(a, s, ops):
+    return a if s is None else ops.scale(a, s)
 
 
 def layer_forward(spec, cfg, plan, W: Dict, x, ropes, q_pos0: int = 0,
@@ -361,15 +371,15 @@ def layer_forward(spec, cfg, plan, W: Dict, x, ropes, q_pos0: int = 0,
     if spec.attn_out_norm:
         a = norm(spec, cfg, W, spec.attn_out_norm, a, ops)
     if spec.block == "sequential":
-        x2 = ops.add(x2, _scaled(a, rs))
+        x2 = ops.add(x2, _scaled(a, rs, ops))
         h2 = norm(spec, cfg, W, spec.post_attn_norm, x2, ops)
     else:
         h2 = h if spec.block == "parallel" else norm(spec, cfg, W, spec.post_attn_norm, x2, ops)
-        x2 = ops.add(x2, _scaled(a, rs))
+        x2 = ops.add(x2, _scaled(a, rs, ops))
     m = mlp_forward(spec, cfg, plan, W, h2, capture, ops)
     if spec.mlp_out_norm:
         m = norm(spec, cfg, W, spec.mlp_out_norm, m, ops)
-    ops.add(x2, _scaled(m, rs), out=x2)
+    ops.add(x2, _scaled(m, rs, ops), out=x2)
     return x2.reshape(B, T, D)
 
 
