@@ -259,19 +259,63 @@ done:
     return res;
 }
 
+PyDoc_STRVAR(layernorm_doc,
+             "layernorm(x[M,D] f32, w[D] f32 or None, b[D] f32 or None, eps: float) -> [M,D] f32:\n"
+             "(x - mean) / sqrt(var + eps) * w + b per row, var the population variance (statistics\n"
+             "two-pass in double). w None = ones, b None = zeros; eps finite and >= 0.");
+static PyObject *py_layernorm(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"x", "w", "b", "eps", NULL};
+    PyObject *xo, *wo, *bo, *res = NULL;
+    PyArrayObject *x = NULL, *w = NULL, *b = NULL, *out = NULL;
+    double eps;
+    awq_err err = {{0}};
+    int ok = 1, st;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOd:layernorm", kwlist, &xo, &wo, &bo, &eps))
+        return NULL;
+    if (!(x = as_array(xo, NPY_FLOAT32, 2, "layernorm x"))) goto done;
+    w = as_optional(wo, NPY_FLOAT32, 1, "layernorm w", &ok);
+    if (!ok) goto done;
+    b = as_optional(bo, NPY_FLOAT32, 1, "layernorm b", &ok);
+    if (!ok) goto done;
+    REQUIRE(!w || DIM(w, 0) == DIM(x, 1), "layernorm: w has %lld entries but x rows have %lld",
+            (long long)(w ? DIM(w, 0) : 0), (long long)DIM(x, 1));
+    REQUIRE(!b || DIM(b, 0) == DIM(x, 1), "layernorm: b has %lld entries but x rows have %lld",
+            (long long)(b ? DIM(b, 0) : 0), (long long)DIM(x, 1));
+    if (!(out = NEW_F32(2, PyArray_DIMS(x)))) goto done;
+    Py_BEGIN_ALLOW_THREADS st = awq_layernorm_f32(F32(x), w ? F32(w) : NULL, b ? F32(b) : NULL,
+                                                  F32(out), DIM(x, 0), DIM(x, 1), (float)eps, &err);
+    Py_END_ALLOW_THREADS if (st) {
+        raise_status(st, &err);
+        goto done;
+    }
+    res = (PyObject *)out;
+    out = NULL;
+done:
+    Py_XDECREF(x);
+    Py_XDECREF(w);
+    Py_XDECREF(b);
+    Py_XDECREF(out);
+    return res;
+}
+
 PyDoc_STRVAR(rope_doc,
-             "rope_(x[M,H,d] f32, cos[M,rot/2] f32, sin[M,rot/2] f32, rot: int) -> None:\n"
-             "rotary embedding in place (HF rotate_half convention) on the first rot dims of each\n"
-             "head. x must be a writeable C-contiguous float32 ndarray.");
+             "rope_(x[M,H,d] f32, cos[M,rot/2] f32, sin[M,rot/2] f32, rot: int,\n"
+             "      interleaved: bool = False) -> None:\n"
+             "rotary embedding in place on the first rot dims of each head. interleaved=False: HF\n"
+             "rotate_half (neox) pairs (i, i + rot/2); interleaved=True: GPT-J rotate_every_two pairs\n"
+             "(2i, 2i+1). x must be a writeable C-contiguous float32 ndarray.");
 static PyObject *py_rope(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *kwlist[] = {"x", "cos", "sin", "rot", NULL};
+    static char *kwlist[] = {"x", "cos", "sin", "rot", "interleaved", NULL};
     PyObject *xo, *co, *so, *res = NULL;
     PyArrayObject *x, *c = NULL, *s = NULL;
     long long rot;
+    int interleaved = 0;
     awq_err err = {{0}};
     int st;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOL:rope_", kwlist, &xo, &co, &so, &rot))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOL|p:rope_", kwlist, &xo, &co, &so, &rot,
+                                     &interleaved))
         return NULL;
     x = (PyArrayObject *)xo; /* borrowed: written in place, so never converted */
     REQUIRE(PyArray_Check(xo) && PyArray_TYPE(x) == NPY_FLOAT32 && PyArray_NDIM(x) == 3 &&
@@ -285,8 +329,8 @@ static PyObject *py_rope(PyObject *self, PyObject *args, PyObject *kw) {
             "rope_: cos and sin must be [M=%lld, rot/2=%lld], got [%lld, %lld] and [%lld, %lld]",
             (long long)DIM(x, 0), rot / 2, (long long)DIM(c, 0), (long long)DIM(c, 1),
             (long long)DIM(s, 0), (long long)DIM(s, 1));
-    Py_BEGIN_ALLOW_THREADS st = awq_rope_f32(F32(x), F32(c), F32(s), DIM(x, 0), DIM(x, 1),
-                                             DIM(x, 2), rot, &err);
+    Py_BEGIN_ALLOW_THREADS st = awq_rope_f32_ex(F32(x), F32(c), F32(s), DIM(x, 0), DIM(x, 1),
+                                                DIM(x, 2), rot, interleaved, &err);
     Py_END_ALLOW_THREADS if (st) {
         raise_status(st, &err);
         goto done;
@@ -300,25 +344,30 @@ done:
 }
 
 PyDoc_STRVAR(attention_doc,
-             "attention(q[B,T,Hq,d], k[B,S,Hkv,d], v[B,S,Hkv,d], scale: float, q_pos0: int,\n"
-             "          window: int = 0, kv_len: int64[B] or None = None, isa: str or None = None)\n"
-             "-> [B,T,Hq,d] f32: causal grouped-query attention; query t sits at position\n"
-             "q_pos0 + t and sees keys j <= q_pos0 + t (and j > q_pos0 + t - window if window > 0,\n"
-             "and j < kv_len[b]). Rows that see no key output 0. isa pins the kernel family\n"
-             "('avx512', 'avx2', 'generic'; tests), None = the best this CPU has.");
+             "attention(q[B,T,Hq,d], k[B,S,Hkv,d], v[B,S,Hkv,dv], scale: float, q_pos0: int,\n"
+             "          window: int = 0, kv_len: int64[B] or None = None, isa: str or None = None,\n"
+             "          alibi: f32[Hq] or None = None, softcap: float = 0.0) -> [B,T,Hq,dv] f32:\n"
+             "causal grouped-query attention; query t sits at position p = q_pos0 + t and sees keys\n"
+             "j <= p (and j > p - window if window > 0, and j < kv_len[b]). Score of key j for head h:\n"
+             "s = (q * scale) . k; if softcap > 0: s = softcap * tanh(s / softcap) (Gemma2); with\n"
+             "alibi: s += alibi[h] * (j - p) (BLOOM / MPT slopes); then the mask and an fp32 softmax.\n"
+             "v's head dim dv may differ from d (DeepSeek MLA); v must match k on B, S, Hkv.\n"
+             "Rows that see no key output 0. isa pins the kernel family ('avx512', 'avx2',\n"
+             "'generic'; tests), None = the best this CPU has.");
 static PyObject *py_attention(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *kwlist[] = {"q", "k", "v", "scale", "q_pos0", "window", "kv_len", "isa", NULL};
-    PyObject *qo, *ko, *vo, *lo = Py_None, *res = NULL;
-    PyArrayObject *q = NULL, *k = NULL, *v = NULL, *kvl = NULL, *out = NULL;
-    double scale;
+    static char *kwlist[] = {"q",   "k",   "v",     "scale",   "q_pos0", "window",
+                             "kv_len", "isa", "alibi", "softcap", NULL};
+    PyObject *qo, *ko, *vo, *lo = Py_None, *ao = Py_None, *res = NULL;
+    PyArrayObject *q = NULL, *k = NULL, *v = NULL, *kvl = NULL, *al = NULL, *out = NULL;
+    double scale, softcap = 0.0;
     long long q_pos0, window = 0;
     const char *isa_name = NULL;
     awq_isa isa;
     awq_err err = {{0}};
     int ok = 1, st;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOdL|LOz:attention", kwlist, &qo, &ko, &vo,
-                                     &scale, &q_pos0, &window, &lo, &isa_name))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOdL|LOzOd:attention", kwlist, &qo, &ko, &vo,
+                                     &scale, &q_pos0, &window, &lo, &isa_name, &ao, &softcap))
         return NULL;
     if (parse_isa(isa_name, &isa) < 0) return NULL;
     if (!(q = as_array(qo, NPY_FLOAT32, 4, "attention q"))) goto done;
@@ -326,22 +375,35 @@ static PyObject *py_attention(PyObject *self, PyObject *args, PyObject *kw) {
     if (!(v = as_array(vo, NPY_FLOAT32, 4, "attention v"))) goto done;
     kvl = as_optional(lo, NPY_INT64, 1, "attention kv_len", &ok);
     if (!ok) goto done;
+    al = as_optional(ao, NPY_FLOAT32, 1, "attention alibi", &ok);
+    if (!ok) goto done;
     const int64_t B = DIM(q, 0), T = DIM(q, 1), Hq = DIM(q, 2), d = DIM(q, 3);
     REQUIRE(DIM(k, 0) == B && DIM(k, 3) == d,
             "attention: k is [%lld, %lld, %lld, %lld] but q is [B=%lld, T, Hq, d=%lld]",
             (long long)DIM(k, 0), (long long)DIM(k, 1), (long long)DIM(k, 2), (long long)DIM(k, 3),
             (long long)B, (long long)d);
-    REQUIRE(PyArray_NDIM(v) == 4 && DIM(v, 0) == DIM(k, 0) && DIM(v, 1) == DIM(k, 1) &&
-                DIM(v, 2) == DIM(k, 2) && DIM(v, 3) == DIM(k, 3),
-            "attention: v is [%lld, %lld, %lld, %lld] but k is [%lld, %lld, %lld, %lld]",
+    REQUIRE(DIM(v, 0) == DIM(k, 0) && DIM(v, 1) == DIM(k, 1) && DIM(v, 2) == DIM(k, 2),
+            "attention: v is [%lld, %lld, %lld, %lld] but k is [%lld, %lld, %lld, %lld] (v must "
+            "match k on B, S, Hkv; its head dim may differ)",
             (long long)DIM(v, 0), (long long)DIM(v, 1), (long long)DIM(v, 2), (long long)DIM(v, 3),
             (long long)DIM(k, 0), (long long)DIM(k, 1), (long long)DIM(k, 2), (long long)DIM(k, 3));
     REQUIRE(!kvl || DIM(kvl, 0) == B, "attention: kv_len has %lld entries, batch is %lld",
             (long long)(kvl ? DIM(kvl, 0) : 0), (long long)B);
-    if (!(out = NEW_F32(4, PyArray_DIMS(q)))) goto done;
-    Py_BEGIN_ALLOW_THREADS st = awq_attention_f32_isa(
-        F32(q), F32(k), F32(v), F32(out), B, T, DIM(k, 1), Hq, DIM(k, 2), d, (float)scale, q_pos0,
-        window, kvl ? (const int64_t *)PyArray_DATA(kvl) : NULL, isa, &err);
+    REQUIRE(!al || DIM(al, 0) == Hq, "attention: alibi has %lld slopes, there are Hq=%lld query heads",
+            (long long)(al ? DIM(al, 0) : 0), (long long)Hq);
+    /* softcap's range (finite, >= 0) is checked by the core, after the cast to float. */
+    npy_intp odims[4] = {PyArray_DIM(q, 0), PyArray_DIM(q, 1), PyArray_DIM(q, 2), PyArray_DIM(v, 3)};
+    if (!(out = NEW_F32(4, odims))) goto done;
+    awq_attention_opts opt = AWQ_ATTENTION_OPTS_INIT;
+    opt.window = window;
+    opt.kv_len = kvl ? (const int64_t *)PyArray_DATA(kvl) : NULL;
+    opt.alibi = al ? F32(al) : NULL;
+    opt.softcap = (float)softcap;
+    opt.dv = DIM(v, 3);
+    opt.isa = (int)isa;
+    Py_BEGIN_ALLOW_THREADS st = awq_attention_f32_ex(F32(q), F32(k), F32(v), F32(out), B, T,
+                                                     DIM(k, 1), Hq, DIM(k, 2), d, (float)scale,
+                                                     q_pos0, &opt, &err);
     Py_END_ALLOW_THREADS if (st) {
         raise_status(st, &err);
         goto done;
@@ -353,6 +415,7 @@ done:
     Py_XDECREF(k);
     Py_XDECREF(v);
     Py_XDECREF(kvl);
+    Py_XDECREF(al);
     Py_XDECREF(out);
     return res;
 }
@@ -374,6 +437,81 @@ static PyObject *py_silu_mul(PyObject *self, PyObject *args, PyObject *kw) {
     if (!(out = NEW_F32(PyArray_NDIM(g), PyArray_DIMS(g)))) goto done;
     Py_BEGIN_ALLOW_THREADS st =
         awq_silu_mul_f32(F32(g), F32(u), F32(out), (int64_t)PyArray_SIZE(g), &err);
+    Py_END_ALLOW_THREADS if (st) {
+        raise_status(st, &err);
+        goto done;
+    }
+    res = (PyObject *)out;
+    out = NULL;
+done:
+    Py_XDECREF(g);
+    Py_XDECREF(u);
+    Py_XDECREF(out);
+    return res;
+}
+
+/* kind name -> awq_act, or -1 with a ValueError naming the op and the unknown kind. */
+static int parse_act(const char *name, const char *op, awq_act *kind) {
+    awq_err err = {{0}};
+    if (awq_act_from_name(name, kind, &err) == AWQ_OK) return 0;
+    PyErr_Format(PyExc_ValueError, "%s: %s", op, err.msg);
+    return -1;
+}
+
+PyDoc_STRVAR(act_doc,
+             "act(x f32 any shape, kind: str) -> f32 array of x's shape: element-wise activation.\n"
+             "kind: 'silu' x*sigmoid(x); 'gelu' 0.5x(1+erf(x/sqrt2)) (exact-erf GELU; erf to 1.5e-7);\n"
+             "'gelu_tanh' 0.5x(1+tanh(sqrt(2/pi)(x+0.044715x^3))) (HF gelu_new, gelu_pytorch_tanh,\n"
+             "gelu_fast); 'relu' max(x, 0).");
+static PyObject *py_act(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"x", "kind", NULL};
+    PyObject *xo, *res = NULL;
+    PyArrayObject *x = NULL, *out = NULL;
+    const char *kind_name;
+    awq_act kind;
+    awq_err err = {{0}};
+    int st;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "Os:act", kwlist, &xo, &kind_name)) return NULL;
+    if (parse_act(kind_name, "act", &kind) < 0) return NULL;
+    if (!(x = as_array(xo, NPY_FLOAT32, -1, "act x"))) goto done;
+    if (!(out = NEW_F32(PyArray_NDIM(x), PyArray_DIMS(x)))) goto done;
+    Py_BEGIN_ALLOW_THREADS st = awq_act_f32(F32(x), F32(out), (int64_t)PyArray_SIZE(x), kind, &err);
+    Py_END_ALLOW_THREADS if (st) {
+        raise_status(st, &err);
+        goto done;
+    }
+    res = (PyObject *)out;
+    out = NULL;
+done:
+    Py_XDECREF(x);
+    Py_XDECREF(out);
+    return res;
+}
+
+PyDoc_STRVAR(act_mul_doc,
+             "act_mul(gate f32, up f32, kind: str) -> f32 array of gate's shape: act(gate) * up\n"
+             "element-wise (any shapes of the same size; kinds as in act()). act_mul(g, u, 'silu')\n"
+             "equals silu_mul(g, u) bit for bit.");
+static PyObject *py_act_mul(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"gate", "up", "kind", NULL};
+    PyObject *go, *uo, *res = NULL;
+    PyArrayObject *g = NULL, *u = NULL, *out = NULL;
+    const char *kind_name;
+    awq_act kind;
+    awq_err err = {{0}};
+    int st;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOs:act_mul", kwlist, &go, &uo, &kind_name))
+        return NULL;
+    if (parse_act(kind_name, "act_mul", &kind) < 0) return NULL;
+    if (!(g = as_array(go, NPY_FLOAT32, -1, "act_mul gate"))) goto done;
+    if (!(u = as_array(uo, NPY_FLOAT32, -1, "act_mul up"))) goto done;
+    REQUIRE(PyArray_SIZE(g) == PyArray_SIZE(u), "act_mul: gate has %lld elements, up has %lld",
+            (long long)PyArray_SIZE(g), (long long)PyArray_SIZE(u));
+    if (!(out = NEW_F32(PyArray_NDIM(g), PyArray_DIMS(g)))) goto done;
+    Py_BEGIN_ALLOW_THREADS st =
+        awq_act_mul_f32(F32(g), F32(u), F32(out), (int64_t)PyArray_SIZE(g), kind, &err);
     Py_END_ALLOW_THREADS if (st) {
         raise_status(st, &err);
         goto done;
@@ -1240,22 +1378,82 @@ done:
     return res;
 }
 
-PyDoc_STRVAR(cuda_rope_doc,
-             "cuda_rope(ctx, dt, x, cos_f32, sin_f32, M, H, d, rot, stream): rope in place.");
-static PyObject *py_cuda_rope(PyObject *self, PyObject *args) {
+PyDoc_STRVAR(cuda_layernorm_doc,
+             "cuda_layernorm(ctx, dt, x, w_f32_or_0, b_f32_or_0, y, M, D, eps, stream): y = layernorm(x)\n"
+             "(w 0 = ones, b 0 = zeros).");
+static PyObject *py_cuda_layernorm(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *cap, *res = NULL;
     int dt;
-    unsigned long long x, c, s, stream;
-    long long M, H, d, rot;
+    unsigned long long x, w, b, y, stream;
+    long long M, D;
+    double eps;
     awq_err err = {{0}};
-    if (!PyArg_ParseTuple(args, "OiKKKLLLLK:cuda_rope", &cap, &dt, &x, &c, &s, &M, &H, &d, &rot,
+    if (!PyArg_ParseTuple(args, "OiKKKKLLdK:cuda_layernorm", &cap, &dt, &x, &w, &b, &y, &M, &D, &eps,
                           &stream))
         return NULL;
     awq_cuda_ctx *ctx = ctx_of(cap);
     if (!ctx) return NULL;
-    CUDA_CALL(awq_cuda_rope(ctx, dt, PTR(x), (const float *)PTR(c), (const float *)PTR(s), M, H, d,
-                            rot, PTR(stream), &err));
+    CUDA_CALL(awq_cuda_layernorm(ctx, dt, PTR(x), (const float *)PTR(w), (const float *)PTR(b),
+                                 PTR(y), M, D, (float)eps, PTR(stream), &err));
+    Py_INCREF(Py_None);
+    res = Py_None;
+done:
+    return res;
+}
+
+PyDoc_STRVAR(cuda_act_doc,
+             "cuda_act(ctx, dt, x, y, n, kind: str, stream): y = act(x) (kinds of act()).\n"
+             "cuda_act_mul(ctx, dt, gate, up, y, n, kind: str, stream): y = act(gate) * up.");
+static PyObject *cuda_act_call(PyObject *args, int with_up) {
+    PyObject *cap, *res = NULL;
+    int dt;
+    unsigned long long x, up = 0, y, stream;
+    long long n;
+    const char *kind_name;
+    awq_act kind;
+    awq_err err = {{0}};
+    if (with_up ? !PyArg_ParseTuple(args, "OiKKKLsK:cuda_act_mul", &cap, &dt, &x, &up, &y, &n,
+                                    &kind_name, &stream)
+                : !PyArg_ParseTuple(args, "OiKKLsK:cuda_act", &cap, &dt, &x, &y, &n, &kind_name,
+                                    &stream))
+        return NULL;
+    if (parse_act(kind_name, with_up ? "cuda_act_mul" : "cuda_act", &kind) < 0) return NULL;
+    awq_cuda_ctx *ctx = ctx_of(cap);
+    if (!ctx) return NULL;
+    CUDA_CALL(with_up ? awq_cuda_act_mul(ctx, dt, PTR(x), PTR(up), PTR(y), n, (int)kind, PTR(stream), &err)
+                      : awq_cuda_act(ctx, dt, PTR(x), PTR(y), n, (int)kind, PTR(stream), &err));
+    Py_INCREF(Py_None);
+    res = Py_None;
+done:
+    return res;
+}
+static PyObject *py_cuda_act(PyObject *self, PyObject *args) {
+    (void)self;
+    return cuda_act_call(args, 0);
+}
+static PyObject *py_cuda_act_mul(PyObject *self, PyObject *args) {
+    (void)self;
+    return cuda_act_call(args, 1);
+}
+
+PyDoc_STRVAR(cuda_rope_doc,
+             "cuda_rope(ctx, dt, x, cos_f32, sin_f32, M, H, d, rot, stream, interleaved=False): rope\n"
+             "in place (interleaved: GPT-J rotate_every_two pairs).");
+static PyObject *py_cuda_rope(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *cap, *res = NULL;
+    int dt, interleaved = 0;
+    unsigned long long x, c, s, stream;
+    long long M, H, d, rot;
+    awq_err err = {{0}};
+    if (!PyArg_ParseTuple(args, "OiKKKLLLLK|p:cuda_rope", &cap, &dt, &x, &c, &s, &M, &H, &d, &rot,
+                          &stream, &interleaved))
+        return NULL;
+    awq_cuda_ctx *ctx = ctx_of(cap);
+    if (!ctx) return NULL;
+    CUDA_CALL(awq_cuda_rope_ex(ctx, dt, PTR(x), (const float *)PTR(c), (const float *)PTR(s), M, H,
+                               d, rot, interleaved, PTR(stream), &err));
     Py_INCREF(Py_None);
     res = Py_None;
 done:
@@ -1264,23 +1462,32 @@ done:
 
 PyDoc_STRVAR(cuda_attention_doc,
              "cuda_attention(ctx, dt, q, k, v, out, B, T, S, Hq, Hkv, d, scale, q_pos0, window,\n"
-             "               kv_len_i64_or_0, stream): causal GQA attention.");
+             "               kv_len_i64_or_0, stream, alibi_f32_or_0=0, softcap=0.0, dv=0): causal\n"
+             "GQA attention; alibi: device fp32 [Hq] slopes; softcap > 0: tanh capping; dv: v / out\n"
+             "head dim (0 = d).");
 static PyObject *py_cuda_attention(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *cap, *res = NULL;
     int dt;
-    unsigned long long q, k, v, out, kvl, stream;
-    long long B, T, S, Hq, Hkv, d, q_pos0, window;
-    double scale;
+    unsigned long long q, k, v, out, kvl, stream, alibi = 0;
+    long long B, T, S, Hq, Hkv, d, q_pos0, window, dv = 0;
+    double scale, softcap = 0.0;
     awq_err err = {{0}};
-    if (!PyArg_ParseTuple(args, "OiKKKKLLLLLLdLLKK:cuda_attention", &cap, &dt, &q, &k, &v, &out, &B,
-                          &T, &S, &Hq, &Hkv, &d, &scale, &q_pos0, &window, &kvl, &stream))
+    if (!PyArg_ParseTuple(args, "OiKKKKLLLLLLdLLKK|KdL:cuda_attention", &cap, &dt, &q, &k, &v, &out,
+                          &B, &T, &S, &Hq, &Hkv, &d, &scale, &q_pos0, &window, &kvl, &stream,
+                          &alibi, &softcap, &dv))
         return NULL;
     awq_cuda_ctx *ctx = ctx_of(cap);
     if (!ctx) return NULL;
-    CUDA_CALL(awq_cuda_attention(ctx, dt, PTR(q), PTR(k), PTR(v), PTR(out), B, T, S, Hq, Hkv, d,
-                                 (float)scale, q_pos0, window, (const int64_t *)PTR(kvl),
-                                 PTR(stream), &err));
+    awq_cuda_attention_opts opt;
+    memset(&opt, 0, sizeof opt);
+    opt.window = window;
+    opt.kv_len = (const int64_t *)PTR(kvl);
+    opt.alibi = (const float *)PTR(alibi);
+    opt.softcap = (float)softcap;
+    opt.dv = dv;
+    CUDA_CALL(awq_cuda_attention_ex(ctx, dt, PTR(q), PTR(k), PTR(v), PTR(out), B, T, S, Hq, Hkv, d,
+                                    (float)scale, q_pos0, &opt, PTR(stream), &err));
     Py_INCREF(Py_None);
     res = Py_None;
 done:
@@ -1596,6 +1803,8 @@ done:
         METH_V(cuda_sync), {"cuda_stream_wait", py_cuda_stream_wait, METH_VARARGS, cuda_sync_doc}, \
         METH_O1(dlpack_import), METH_V(dlpack_export), METH_V(cuda_rmsnorm), METH_V(cuda_rope),    \
         METH_V(cuda_attention), {"cuda_silu_mul", py_cuda_silu_mul, METH_VARARGS, cuda_binary_doc}, \
+        METH_V(cuda_layernorm), {"cuda_act", py_cuda_act, METH_VARARGS, cuda_act_doc},             \
+        {"cuda_act_mul", py_cuda_act_mul, METH_VARARGS, cuda_act_doc},                             \
         {"cuda_add", py_cuda_add, METH_VARARGS, cuda_binary_doc}, METH_V(cuda_abs_mean),           \
         METH_V(cuda_cast), METH_V(cuda_copy_strided), METH_V(cuda_linear),                         \
         METH_V(cuda_pseudo_quantize), METH_V(cuda_clip_search), METH_V(cuda_scale_cols),          \
@@ -1994,6 +2203,10 @@ static PyMethodDef methods[] = {
      attention_doc},
     {"silu_mul", (PyCFunction)(void (*)(void))py_silu_mul, METH_VARARGS | METH_KEYWORDS,
      silu_mul_doc},
+    {"layernorm", (PyCFunction)(void (*)(void))py_layernorm, METH_VARARGS | METH_KEYWORDS,
+     layernorm_doc},
+    {"act", (PyCFunction)(void (*)(void))py_act, METH_VARARGS | METH_KEYWORDS, act_doc},
+    {"act_mul", (PyCFunction)(void (*)(void))py_act_mul, METH_VARARGS | METH_KEYWORDS, act_mul_doc},
     {"pseudo_quantize", (PyCFunction)(void (*)(void))py_pseudo_quantize,
      METH_VARARGS | METH_KEYWORDS, pseudo_quantize_doc},
     {"quantize_codes", (PyCFunction)(void (*)(void))py_quantize_codes, METH_VARARGS | METH_KEYWORDS,

@@ -4,9 +4,9 @@
  * Storage types are fp32 / fp16 / bf16 (template parameter `T`, converted with to_f / from_f);
  * arithmetic is fp32 everywhere. Index vocabulary: m row, c column / channel, j key, t query,
  * h head, hk kv head, n output feature, k input feature, i candidate.
- * File order: helpers, element-wise ops, rmsnorm, rope, abs_mean, attention (CUDA-core kernel for
- * every case, tensor-core kernel for fp16/bf16 with d <= 128), linear (cuBLAS), pseudo-quantize,
- * clip search, strided copy.
+ * File order: helpers, element-wise ops (silu_mul, act / act_mul, add, cast), rmsnorm, layernorm,
+ * rope, abs_mean, attention (CUDA-core kernel for every case, tensor-core kernel for fp16/bf16 with
+ * d == dv <= 128), linear (cuBLAS), pseudo-quantize, clip search, strided copy.
  */
 #include <limits.h>
 #include <math.h>
@@ -15,6 +15,7 @@
 
 #include "awq_cuda.h"
 #include "device_common.cuh"
+#include "ops.h" /* awq_act: the activation numbering shared with the CPU core */
 #include "ops_cuda.h"
 
 /* ---------------------------------------------------------------- helpers */
@@ -80,6 +81,56 @@ extern "C" int awq_cuda_silu_mul(awq_cuda_ctx *ctx, int dt, const void *gate, co
                    silu_mul_kernel<T><<<grid_for(n, 256), 256, 0, (gpuStream_t)stream>>>(
                        (const T *)gate, (const T *)up, (T *)y, n));
     return launch_check("silu_mul_kernel", err);
+}
+
+/* act(x) in fp32 (kind: awq_act). silu as silu_mul_kernel computes it; gelu through erfcf
+ * (0.5 x erfc(-x / sqrt 2) == 0.5 x (1 + erf(x / sqrt 2)) without the cancellation of 1 + erf for
+ * x < 0); gelu_tanh as x / (1 + exp(-2u)) == 0.5 x (1 + tanh u); relu keeps NaN. */
+static __device__ __forceinline__ float act_f(float x, int kind) {
+    switch (kind) {
+    case AWQ_ACT_GELU: return 0.5f * x * erfcf(-0.70710678118654752f * x);
+    case AWQ_ACT_GELU_TANH: {
+        const float m2u = -1.59576912160573072f * (x + 0.044715f * x * x * x); /* -2 sqrt(2/pi) (...) */
+        return x / (1.0f + expf(m2u));
+    }
+    case AWQ_ACT_RELU: return x < 0.0f ? 0.0f : x;
+    default: return x / (1.0f + expf(-x));
+    }
+}
+
+/* y = act(x) (* up when up is not NULL). */
+template <typename T>
+__global__ void act_kernel(const T *x, const T *up, T *y, int64_t n, int kind) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        float a = act_f(to_f(x[i]), kind);
+        if (up) a *= to_f(up[i]);
+        y[i] = from_f<T>(a);
+    }
+}
+
+static int act_launch(awq_cuda_ctx *ctx, const char *op, int dt, const void *x, const void *up,
+                      void *y, int64_t n, int kind, void *stream, awq_err *err) {
+    int st = check_nonneg(op, n, 0, err);
+    if (st) return st;
+    if (kind < 0 || kind >= AWQ_ACT_COUNT)
+        return awq_set_err(err, AWQ_ERR_VALUE, "%s: unknown activation kind %d", op, kind);
+    if (n == 0) return AWQ_OK;
+    if ((st = awq_cuda_ctx_activate(ctx, err))) return st;
+    DISPATCH_FLOAT(op, dt, T,
+                   act_kernel<T><<<grid_for(n, 256), 256, 0, (gpuStream_t)stream>>>(
+                       (const T *)x, (const T *)up, (T *)y, n, kind));
+    return launch_check("act_kernel", err);
+}
+
+extern "C" int awq_cuda_act(awq_cuda_ctx *ctx, int dt, const void *x, void *y, int64_t n, int kind,
+                            void *stream, awq_err *err) {
+    return act_launch(ctx, "act", dt, x, NULL, y, n, kind, stream, err);
+}
+
+extern "C" int awq_cuda_act_mul(awq_cuda_ctx *ctx, int dt, const void *gate, const void *up,
+                                void *y, int64_t n, int kind, void *stream, awq_err *err) {
+    return act_launch(ctx, "act_mul", dt, gate, up, y, n, kind, stream, err);
 }
 
 template <typename T> __global__ void add_kernel(const T *a, const T *b, T *y, int64_t n) {
@@ -153,27 +204,82 @@ extern "C" int awq_cuda_rmsnorm(awq_cuda_ctx *ctx, int dt, const void *x, const 
     return launch_check("rmsnorm_kernel", err);
 }
 
+/* ---------------------------------------------------------------- layernorm */
+
+/* One block per row; two passes over the row in fp32 (mean, then squared deviations from it), then
+ * y = (x - mean) * inv_std (* w) (+ b). y may alias x: the last pass reads each element before the
+ * same thread writes it, and both sums end with a barrier. */
+template <typename T>
+__global__ void layernorm_kernel(const T *x, const float *w, const float *b, T *y, int64_t D,
+                                 float eps) {
+    const T *xr = x + blockIdx.x * D;
+    T *yr = y + blockIdx.x * D;
+    float sum = 0.0f;
+    for (int64_t c = threadIdx.x; c < D; c += blockDim.x) sum += to_f(xr[c]);
+    const float mean = block_sum(sum) / (float)D;
+    float ss = 0.0f;
+    for (int64_t c = threadIdx.x; c < D; c += blockDim.x) {
+        const float dx = to_f(xr[c]) - mean;
+        ss += dx * dx;
+    }
+    ss = block_sum(ss);
+    const float inv = 1.0f / sqrtf(ss / (float)D + eps);
+    for (int64_t c = threadIdx.x; c < D; c += blockDim.x) {
+        float v = (to_f(xr[c]) - mean) * inv;
+        if (w) v *= w[c];
+        if (b) v += b[c];
+        yr[c] = from_f<T>(v);
+    }
+}
+
+extern "C" int awq_cuda_layernorm(awq_cuda_ctx *ctx, int dt, const void *x, const float *w,
+                                  const float *b, void *y, int64_t M, int64_t D, float eps,
+                                  void *stream, awq_err *err) {
+    int st = check_nonneg("layernorm", M, D, err);
+    if (st) return st;
+    if (D == 0) return awq_set_err(err, AWQ_ERR_VALUE, "layernorm: rows have no elements (D=0)");
+    if (!(eps >= 0.0f) || !isfinite(eps))
+        return awq_set_err(err, AWQ_ERR_VALUE, "layernorm: eps must be finite and >= 0 (got %g)",
+                           (double)eps);
+    if (M == 0) return AWQ_OK;
+    if (M > INT_MAX) return awq_set_err(err, AWQ_ERR_VALUE, "layernorm: too many rows (%lld)", (long long)M);
+    if ((st = awq_cuda_ctx_activate(ctx, err))) return st;
+    const int threads = D >= 4096 ? 1024 : D >= 1024 ? 256 : 128;
+    DISPATCH_FLOAT("layernorm", dt, T,
+                   layernorm_kernel<T><<<(unsigned)M, threads, 0, (gpuStream_t)stream>>>(
+                       (const T *)x, w, b, (T *)y, D, eps));
+    return launch_check("layernorm_kernel", err);
+}
+
 /* ---------------------------------------------------------------- rope */
 
-/* One thread per (m, h, i < rot/2) pair of rotated elements. */
+/* One thread per (m, h, i < rot/2) pair of rotated elements: (i, i + half) (rotate_half) or
+ * (2i, 2i + 1) (interleaved, GPT-J). */
 template <typename T>
 __global__ void rope_kernel(T *x, const float *cos, const float *sin, int64_t M, int64_t H,
-                            int64_t d, int64_t half) {
+                            int64_t d, int64_t half, int interleaved) {
     const int64_t n = M * H * half;
     for (int64_t idx = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; idx < n;
          idx += (int64_t)gridDim.x * blockDim.x) {
         const int64_t i = idx % half, mh = idx / half, m = mh / H;
+        const int64_t i1 = interleaved ? 2 * i : i, i2 = interleaved ? 2 * i + 1 : i + half;
         T *p = x + mh * d;
         const float c = cos[m * half + i], s = sin[m * half + i];
-        const float x1 = to_f(p[i]), x2 = to_f(p[i + half]);
-        p[i] = from_f<T>(x1 * c - x2 * s);
-        p[i + half] = from_f<T>(x2 * c + x1 * s);
+        const float x1 = to_f(p[i1]), x2 = to_f(p[i2]);
+        p[i1] = from_f<T>(x1 * c - x2 * s);
+        p[i2] = from_f<T>(x2 * c + x1 * s);
     }
 }
 
 extern "C" int awq_cuda_rope(awq_cuda_ctx *ctx, int dt, void *x, const float *cos, const float *sin,
                              int64_t M, int64_t H, int64_t d, int64_t rot, void *stream,
                              awq_err *err) {
+    return awq_cuda_rope_ex(ctx, dt, x, cos, sin, M, H, d, rot, 0, stream, err);
+}
+
+extern "C" int awq_cuda_rope_ex(awq_cuda_ctx *ctx, int dt, void *x, const float *cos,
+                                const float *sin, int64_t M, int64_t H, int64_t d, int64_t rot,
+                                int interleaved, void *stream, awq_err *err) {
     int st = check_nonneg("rope", M, H, err);
     if (st) return st;
     if (rot < 0 || rot % 2 || rot > d)
@@ -184,7 +290,7 @@ extern "C" int awq_cuda_rope(awq_cuda_ctx *ctx, int dt, void *x, const float *co
     if ((st = awq_cuda_ctx_activate(ctx, err))) return st;
     DISPATCH_FLOAT("rope", dt, T,
                    rope_kernel<T><<<grid_for(n, 256), 256, 0, (gpuStream_t)stream>>>(
-                       (T *)x, cos, sin, M, H, d, rot / 2));
+                       (T *)x, cos, sin, M, H, d, rot / 2, interleaved ? 1 : 0));
     return launch_check("rope_kernel", err);
 }
 
@@ -236,7 +342,10 @@ extern "C" int awq_cuda_abs_mean(awq_cuda_ctx *ctx, int dt, const void *x, float
  *   online softmax in base 2 (scores carry scale * log2(e)); per-lane partial sums of p, added
  *           across the warp once at the end;
  *   P @ V:  lane l owns head dims l, l + 32, ...; p of key jj is broadcast with a shuffle.
- * DPL = head dims per lane (d <= 32 * DPL), so the accumulator o[4][DPL] stays in registers.
+ * DPL = head dims per lane (max(d, dv) <= 32 * DPL), so the accumulator o[4][DPL] stays in
+ * registers. Optional score terms (both kernels, in base-2 units): softcap as cap2 tanh(s / cap2)
+ * with cap2 = softcap log2(e) (the same function of the natural-unit score), then ALiBi
+ * slope log2(e) (j - p); both before the mask, so every row keeps the plain kernel's tiling.
  */
 #define ATT_WARPS 4
 #define ATT_R 4 /* query rows per warp */
@@ -250,8 +359,9 @@ static size_t att_smem_bytes(int dpl) {
 template <typename T, int DPL>
 __global__ void __launch_bounds__(ATT_WARPS * 32)
     attention_kernel(const T *__restrict__ q, const T *__restrict__ k, const T *__restrict__ v,
-                     T *__restrict__ out, int64_t T_, int64_t S, int Hq, int Hkv, int d,
-                     float qscale, int64_t q_pos0, int64_t window, const int64_t *kv_len) {
+                     T *__restrict__ out, int64_t T_, int64_t S, int Hq, int Hkv, int d, int dv,
+                     float qscale, int64_t q_pos0, int64_t window, const int64_t *kv_len,
+                     const float *__restrict__ alibi, float cap2) {
     constexpr int DP = DPL * 32; /* padded head dim */
     constexpr int LD = DP + 4;   /* shared row stride in floats */
     extern __shared__ float4 att_smem4[];
@@ -286,7 +396,7 @@ __global__ void __launch_bounds__(ATT_WARPS * 32)
 
     int64_t pos[ATT_R];
     bool live[ATT_R];
-    float mx[ATT_R], lsum[ATT_R], o[ATT_R][DPL];
+    float mx[ATT_R], lsum[ATT_R], o[ATT_R][DPL], slope2[ATT_R];
     bool any_live = false;
     int64_t wpos_min = INT64_MAX, wpos_max = INT64_MIN;
 #pragma unroll
@@ -294,6 +404,7 @@ __global__ void __launch_bounds__(ATT_WARPS * 32)
         const int64_t row = row0 + warp * ATT_R + i;
         live[i] = row < nrows;
         pos[i] = q_pos0 + row / G;
+        slope2[i] = alibi && live[i] ? alibi[hk * G + (int)(row % G)] * 1.4426950408889634f : 0.0f;
         mx[i] = -INFINITY;
         lsum[i] = 0.0f;
 #pragma unroll
@@ -311,11 +422,8 @@ __global__ void __launch_bounds__(ATT_WARPS * 32)
             const int jj = idx / DP, c = idx % DP;
             const int64_t j = j0 + jj;
             float kk = 0.0f, vv = 0.0f;
-            if (j < kv_end && c < d) {
-                const int64_t off = ((b * S + j) * Hkv + hk) * (int64_t)d + c;
-                kk = to_f(k[off]);
-                vv = to_f(v[off]);
-            }
+            if (j < kv_end && c < d) kk = to_f(k[((b * S + j) * Hkv + hk) * (int64_t)d + c]);
+            if (j < kv_end && c < dv) vv = to_f(v[((b * S + j) * Hkv + hk) * (int64_t)dv + c]);
             Ks[jj * LD + c] = kk;
             Vs[jj * LD + c] = vv;
         }
@@ -337,6 +445,14 @@ __global__ void __launch_bounds__(ATT_WARPS * 32)
                 const float4 qq = reinterpret_cast<const float4 *>(Qs + (warp * ATT_R + i) * LD)[c4];
                 s[i] += qq.x * kk.x + qq.y * kk.y + qq.z * kk.z + qq.w * kk.w;
             }
+        }
+        if (cap2 > 0.0f) {
+#pragma unroll
+            for (int i = 0; i < ATT_R; i++) s[i] = cap2 * tanhf(s[i] / cap2);
+        }
+        if (alibi) {
+#pragma unroll
+            for (int i = 0; i < ATT_R; i++) s[i] += slope2[i] * (float)(j - pos[i]);
         }
         float p[ATT_R];
 #pragma unroll
@@ -376,29 +492,38 @@ __global__ void __launch_bounds__(ATT_WARPS * 32)
         const float inv = l > 0.0f ? 1.0f / l : 0.0f;
         const int64_t row = row0 + warp * ATT_R + i, t = row / G;
         const int h = hk * G + (int)(row % G);
-        T *op = out + ((b * T_ + t) * Hq + h) * (int64_t)d;
+        T *op = out + ((b * T_ + t) * Hq + h) * (int64_t)dv;
 #pragma unroll
         for (int e = 0; e < DPL; e++) {
             const int c = e * 32 + lane;
-            if (c < d) op[c] = from_f<T>(o[i][e] * inv);
+            if (c < dv) op[c] = from_f<T>(o[i][e] * inv);
         }
     }
 }
 
+/* The launch arguments both kernels share. */
+struct AttLaunch {
+    const void *q, *k, *v;
+    void *out;
+    int64_t B, T, S, Hq, Hkv, d, dv;
+    float qscale; /* scale * log2(e) */
+    int64_t q_pos0, window;
+    const int64_t *kv_len;
+    const float *alibi;
+    float cap2; /* softcap * log2(e), 0 = off */
+};
+
 template <typename T, int DPL>
-static int launch_attention(const void *q, const void *k, const void *v, void *out, int64_t B,
-                            int64_t T_, int64_t S, int64_t Hq, int64_t Hkv, int64_t d, float qscale,
-                            int64_t q_pos0, int64_t window, const int64_t *kv_len,
-                            gpuStream_t stream, awq_err *err) {
+static int launch_attention(const AttLaunch &a, gpuStream_t stream, awq_err *err) {
     const size_t smem = att_smem_bytes(DPL);
     AWQ_CUDA_CHECK(gpuFuncSetAttribute(attention_kernel<T, DPL>,
                                         gpuFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
                    err);
-    const int64_t G = Hq / Hkv;
-    const dim3 grid((unsigned)((T_ * G + ATT_ROWS - 1) / ATT_ROWS), (unsigned)Hkv, (unsigned)B);
+    const int64_t G = a.Hq / a.Hkv;
+    const dim3 grid((unsigned)((a.T * G + ATT_ROWS - 1) / ATT_ROWS), (unsigned)a.Hkv, (unsigned)a.B);
     attention_kernel<T, DPL><<<grid, ATT_WARPS * 32, smem, stream>>>(
-        (const T *)q, (const T *)k, (const T *)v, (T *)out, T_, S, (int)Hq, (int)Hkv, (int)d,
-        qscale, q_pos0, window, kv_len);
+        (const T *)a.q, (const T *)a.k, (const T *)a.v, (T *)a.out, a.T, a.S, (int)a.Hq,
+        (int)a.Hkv, (int)a.d, (int)a.dv, a.qscale, a.q_pos0, a.window, a.kv_len, a.alibi, a.cap2);
     return launch_check("attention_kernel", err);
 }
 
@@ -438,12 +563,14 @@ __device__ __forceinline__ void mma16816(gpu_bf16, float *d, const uint32_t *a, 
     mma16816_bf16(d, a, b0, b1);
 }
 
-template <typename T, int D>
+/* TERMS: the softcap / ALiBi score terms are compiled in (a separate instantiation, so the plain
+ * kernel keeps its register count and occupancy: the terms cost 3-9 registers per thread). */
+template <typename T, int D, bool TERMS>
 __global__ void __launch_bounds__(FA_WARPS * 32)
     flash_attention_kernel(const T *__restrict__ q, const T *__restrict__ k,
                            const T *__restrict__ v, T *__restrict__ out, int64_t T_, int64_t S,
                            int Hq, int Hkv, int d, float qscale, int64_t q_pos0, int64_t window,
-                           const int64_t *kv_len) {
+                           const int64_t *kv_len, const float *__restrict__ alibi, float cap2) {
     constexpr int LDS = D + 8; /* shared row stride in elements (+16 bytes) */
     constexpr int CH = D / 8;  /* 16-byte chunks per row */
     extern __shared__ uint4 fa_smem4[];
@@ -480,11 +607,13 @@ __global__ void __launch_bounds__(FA_WARPS * 32)
     const int64_t wrow0 = row0 + warp * 16;
     int64_t pos[2];
     bool live[2];
+    float slope2[2]; /* ALiBi slope of the row's head, in base-2 units */
 #pragma unroll
     for (int h = 0; h < 2; h++) {
         const int64_t row = wrow0 + g + 8 * h;
         live[h] = row < nrows;
         pos[h] = q_pos0 + row / G;
+        slope2[h] = TERMS && alibi && live[h] ? alibi[hk * G + (int)(row % G)] * 1.4426950408889634f : 0.0f;
     }
     const bool any_live = wrow0 < nrows;
     const int64_t wpos_min = q_pos0 + wrow0 / G;
@@ -540,7 +669,10 @@ __global__ void __launch_bounds__(FA_WARPS * 32)
                 const int h = e >> 1;
                 const int64_t j = j0 + nt * 8 + tig * 2 + (e & 1);
                 const bool ok = live[h] && j < kv_end && j <= pos[h] && (window <= 0 || j > pos[h] - window);
-                s[nt][e] = ok ? s[nt][e] * qscale : -INFINITY;
+                float sv = s[nt][e] * qscale;
+                if (TERMS && cap2 > 0.0f) sv = cap2 * tanhf(sv / cap2);
+                if (TERMS && alibi) sv += slope2[h] * (float)(j - pos[h]);
+                s[nt][e] = ok ? sv : -INFINITY;
                 tmax[h] = fmaxf(tmax[h], s[nt][e]);
             }
         }
@@ -614,21 +746,24 @@ __global__ void __launch_bounds__(FA_WARPS * 32)
     }
 }
 
-template <typename T, int D>
-static int launch_flash_attention(const void *q, const void *k, const void *v, void *out,
-                                  int64_t B, int64_t T_, int64_t S, int64_t Hq, int64_t Hkv,
-                                  int64_t d, float qscale, int64_t q_pos0, int64_t window,
-                                  const int64_t *kv_len, gpuStream_t stream, awq_err *err) {
+template <typename T, int D, bool TERMS>
+static int launch_flash_attention_t(const AttLaunch &a, gpuStream_t stream, awq_err *err) {
     const size_t smem = fa_smem_bytes(D);
-    AWQ_CUDA_CHECK(gpuFuncSetAttribute(flash_attention_kernel<T, D>,
+    AWQ_CUDA_CHECK(gpuFuncSetAttribute(flash_attention_kernel<T, D, TERMS>,
                                         gpuFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
                    err);
-    const int64_t G = Hq / Hkv;
-    const dim3 grid((unsigned)((T_ * G + FA_ROWS - 1) / FA_ROWS), (unsigned)Hkv, (unsigned)B);
-    flash_attention_kernel<T, D><<<grid, FA_WARPS * 32, smem, stream>>>(
-        (const T *)q, (const T *)k, (const T *)v, (T *)out, T_, S, (int)Hq, (int)Hkv, (int)d,
-        qscale, q_pos0, window, kv_len);
+    const int64_t G = a.Hq / a.Hkv;
+    const dim3 grid((unsigned)((a.T * G + FA_ROWS - 1) / FA_ROWS), (unsigned)a.Hkv, (unsigned)a.B);
+    flash_attention_kernel<T, D, TERMS><<<grid, FA_WARPS * 32, smem, stream>>>(
+        (const T *)a.q, (const T *)a.k, (const T *)a.v, (T *)a.out, a.T, a.S, (int)a.Hq,
+        (int)a.Hkv, (int)a.d, a.qscale, a.q_pos0, a.window, a.kv_len, a.alibi, a.cap2);
     return launch_check("flash_attention_kernel", err);
+}
+
+template <typename T, int D>
+static int launch_flash_attention(const AttLaunch &a, gpuStream_t stream, awq_err *err) {
+    return a.alibi || a.cap2 > 0.0f ? launch_flash_attention_t<T, D, true>(a, stream, err)
+                                    : launch_flash_attention_t<T, D, false>(a, stream, err);
 }
 
 extern "C" int awq_cuda_attention(awq_cuda_ctx *ctx, int dt, const void *q, const void *k,
@@ -636,47 +771,68 @@ extern "C" int awq_cuda_attention(awq_cuda_ctx *ctx, int dt, const void *q, cons
                                   int64_t Hq, int64_t Hkv, int64_t d, float scale, int64_t q_pos0,
                                   int64_t window, const int64_t *kv_len, void *stream,
                                   awq_err *err) {
-    if (B < 0 || T < 0 || S < 0 || Hq <= 0 || Hkv <= 0 || d <= 0 || q_pos0 < 0)
+    awq_cuda_attention_opts opt;
+    memset(&opt, 0, sizeof opt);
+    opt.window = window;
+    opt.kv_len = kv_len;
+    return awq_cuda_attention_ex(ctx, dt, q, k, v, out, B, T, S, Hq, Hkv, d, scale, q_pos0, &opt,
+                                 stream, err);
+}
+
+extern "C" int awq_cuda_attention_ex(awq_cuda_ctx *ctx, int dt, const void *q, const void *k,
+                                     const void *v, void *out, int64_t B, int64_t T, int64_t S,
+                                     int64_t Hq, int64_t Hkv, int64_t d, float scale,
+                                     int64_t q_pos0, const awq_cuda_attention_opts *opt,
+                                     void *stream, awq_err *err) {
+    awq_cuda_attention_opts none;
+    memset(&none, 0, sizeof none);
+    if (!opt) opt = &none;
+    const int64_t dv = opt->dv ? opt->dv : d, dmax = dv > d ? dv : d;
+    if (B < 0 || T < 0 || S < 0 || Hq <= 0 || Hkv <= 0 || d <= 0 || dv <= 0 || q_pos0 < 0)
         return awq_set_err(err, AWQ_ERR_VALUE,
                            "attention: bad sizes B=%lld T=%lld S=%lld Hq=%lld Hkv=%lld d=%lld "
-                           "q_pos0=%lld",
+                           "dv=%lld q_pos0=%lld",
                            (long long)B, (long long)T, (long long)S, (long long)Hq, (long long)Hkv,
-                           (long long)d, (long long)q_pos0);
+                           (long long)d, (long long)dv, (long long)q_pos0);
     if (Hq % Hkv)
         return awq_set_err(err, AWQ_ERR_VALUE, "attention: %lld query heads are not a multiple of "
                            "%lld kv heads", (long long)Hq, (long long)Hkv);
-    if (d > 256)
+    if (dmax > 256)
         return awq_set_err(err, AWQ_ERR_VALUE, "attention: head dim %lld > 256 is not supported on "
-                           "the GPU", (long long)d);
+                           "the GPU", (long long)dmax);
+    if (!(opt->softcap >= 0.0f) || !isfinite(opt->softcap))
+        return awq_set_err(err, AWQ_ERR_VALUE,
+                           "attention: softcap must be finite and >= 0 (0 = off; got %g)",
+                           (double)opt->softcap);
+    if (opt->alibi && S > (1 << 24)) /* ALiBi distances j - p are formed in fp32 */
+        return awq_set_err(err, AWQ_ERR_VALUE, "attention: alibi needs S <= 2^24 keys (got S=%lld)",
+                           (long long)S);
     if (B > 65535 || Hkv > 65535 || (T * (Hq / Hkv) + ATT_ROWS - 1) / ATT_ROWS > INT_MAX)
         return awq_set_err(err, AWQ_ERR_VALUE, "attention: grid too large (B=%lld, Hkv=%lld, T=%lld)",
                            (long long)B, (long long)Hkv, (long long)T);
     if (B == 0 || T == 0) return AWQ_OK;
     int st = awq_cuda_ctx_activate(ctx, err);
     if (st) return st;
-    const float qscale = scale * 1.4426950408889634f; /* log2(e): softmax in base 2 */
+    const float log2e = 1.4426950408889634f; /* softmax in base 2 */
+    const AttLaunch a = {q,  k,  v,  out,          B,       T,           S,           Hq,
+                         Hkv, d, dv, scale * log2e, q_pos0, opt->window, opt->kv_len, opt->alibi,
+                         opt->softcap * log2e};
     gpuStream_t s = (gpuStream_t)stream;
-    /* Tensor cores for fp16 / bf16 with 16-byte aligned rows; the CUDA-core kernel otherwise
-     * (fp32 inputs, d > 128, d % 8 != 0, unaligned views). */
+    /* Tensor cores for fp16 / bf16 with one head dim for q/k/v and 16-byte aligned rows; the
+     * CUDA-core kernel otherwise (fp32 inputs, d > 128, d % 8 != 0, dv != d, unaligned views). */
     const uintptr_t align = (uintptr_t)q | (uintptr_t)k | (uintptr_t)v | (uintptr_t)out;
-    if (AWQ_GPU_PTX && (dt == AWQ_DT_F16 || dt == AWQ_DT_BF16) && d % 8 == 0 && d <= 128 && align % 16 == 0) {
+    if (AWQ_GPU_PTX && (dt == AWQ_DT_F16 || dt == AWQ_DT_BF16) && dv == d && d % 8 == 0 && d <= 128 &&
+        align % 16 == 0) {
         if (dt == AWQ_DT_F16)
-            return d <= 64 ? launch_flash_attention<__half, 64>(q, k, v, out, B, T, S, Hq, Hkv, d,
-                                                                qscale, q_pos0, window, kv_len, s, err)
-                           : launch_flash_attention<__half, 128>(q, k, v, out, B, T, S, Hq, Hkv, d,
-                                                                 qscale, q_pos0, window, kv_len, s, err);
-        return d <= 64 ? launch_flash_attention<gpu_bf16, 64>(q, k, v, out, B, T, S, Hq, Hkv, d,
-                                                                   qscale, q_pos0, window, kv_len, s, err)
-                       : launch_flash_attention<gpu_bf16, 128>(q, k, v, out, B, T, S, Hq, Hkv, d,
-                                                                    qscale, q_pos0, window, kv_len, s, err);
+            return d <= 64 ? launch_flash_attention<__half, 64>(a, s, err)
+                           : launch_flash_attention<__half, 128>(a, s, err);
+        return d <= 64 ? launch_flash_attention<gpu_bf16, 64>(a, s, err)
+                       : launch_flash_attention<gpu_bf16, 128>(a, s, err);
     }
-#define ATT_LAUNCH(DPL)                                                                            \
-    DISPATCH_FLOAT("attention", dt, TT,                                                            \
-                   return launch_attention<TT, DPL>(q, k, v, out, B, T, S, Hq, Hkv, d, qscale,      \
-                                                    q_pos0, window, kv_len, s, err))
-    if (d <= 64) {
+#define ATT_LAUNCH(DPL) DISPATCH_FLOAT("attention", dt, TT, return launch_attention<TT, DPL>(a, s, err))
+    if (dmax <= 64) {
         ATT_LAUNCH(2);
-    } else if (d <= 128) {
+    } else if (dmax <= 128) {
         ATT_LAUNCH(4);
     } else {
         ATT_LAUNCH(8);

@@ -157,11 +157,22 @@ int awq_cuda_ctx_blas(awq_cuda_ctx *ctx, void **handle, awq_err *err);
 int awq_cuda_rmsnorm(awq_cuda_ctx *ctx, int dt, const void *x, const float *w, void *y, int64_t M,
                      int64_t D, float eps, float unit_offset, void *stream, awq_err *err);
 
+/* y[M,D] = (x - mean) / sqrt(var + eps) * w + b per row (population variance; statistics two-pass
+ * in fp32: block sum for the mean, then block sum of squared deviations); x, y: dt (y may alias x);
+ * w, b: [D] fp32 or NULL (ones / zeros). Same contract as awq_layernorm_f32 (ops.h). */
+int awq_cuda_layernorm(awq_cuda_ctx *ctx, int dt, const void *x, const float *w, const float *b,
+                       void *y, int64_t M, int64_t D, float eps, void *stream, awq_err *err);
+
 /* In place rotary embedding, rotate_half convention, on x[M, H, d] (dt): for i < rot/2,
  * (x[i], x[i+rot/2]) <- (x1 c - x2 s, x2 c + x1 s) with c = cos[m, i], s = sin[m, i];
  * cos, sin: [M, rot/2] fp32. rot even, rot <= d. */
 int awq_cuda_rope(awq_cuda_ctx *ctx, int dt, void *x, const float *cos, const float *sin, int64_t M,
                   int64_t H, int64_t d, int64_t rot, void *stream, awq_err *err);
+/* The same with interleaved = 1 for GPT-J's rotate_every_two pairs (x[2i], x[2i+1]) (ops.h's
+ * awq_rope_f32_ex); interleaved = 0 is awq_cuda_rope. */
+int awq_cuda_rope_ex(awq_cuda_ctx *ctx, int dt, void *x, const float *cos, const float *sin,
+                     int64_t M, int64_t H, int64_t d, int64_t rot, int interleaved, void *stream,
+                     awq_err *err);
 
 /* Causal grouped-query attention, same contract as awq_attention_f32 (ops.h):
  * q: [B, T, Hq, d], k, v: [B, S, Hkv, d], out: [B, T, Hq, d], all dt; Hq % Hkv == 0; d <= 256.
@@ -176,9 +187,38 @@ int awq_cuda_attention(awq_cuda_ctx *ctx, int dt, const void *q, const void *k, 
                        int64_t d, float scale, int64_t q_pos0, int64_t window,
                        const int64_t *kv_len, void *stream, awq_err *err);
 
+/* Options of awq_cuda_attention_ex; zero-initialised = awq_cuda_attention's plain causal case. */
+typedef struct {
+    int64_t window;        /* > 0: sliding window; 0: none */
+    const int64_t *kv_len; /* device int64 [B] valid key counts, or NULL */
+    const float *alibi;    /* device fp32 [Hq] ALiBi slopes, or NULL */
+    float softcap;         /* > 0: s = softcap * tanh(s / softcap) on the scaled scores; 0: off */
+    int64_t dv;            /* head dim of v and out; 0: d */
+} awq_cuda_attention_opts;
+
+/* Attention with awq_attention_f32_ex's options (ops.h: score order scale, softcap, + alibi[h] *
+ * (j - p), mask). q: [B, T, Hq, d], k: [B, S, Hkv, d], v: [B, S, Hkv, dv], out: [B, T, Hq, dv], all
+ * dt; max(d, dv) <= 256. ALiBi and softcap run in both kernels (the terms are added where the
+ * scores sit in registers, before the online softmax); dv != d runs on the CUDA-core kernel (the
+ * tensor-core tiles assume one head dim). opt = NULL: the plain case. */
+int awq_cuda_attention_ex(awq_cuda_ctx *ctx, int dt, const void *q, const void *k, const void *v,
+                          void *out, int64_t B, int64_t T, int64_t S, int64_t Hq, int64_t Hkv,
+                          int64_t d, float scale, int64_t q_pos0, const awq_cuda_attention_opts *opt,
+                          void *stream, awq_err *err);
+
 /* y[i] = silu(gate[i]) * up[i], n elements of dt (y may alias gate or up). */
 int awq_cuda_silu_mul(awq_cuda_ctx *ctx, int dt, const void *gate, const void *up, void *y,
                       int64_t n, void *stream, awq_err *err);
+
+/* y[i] = act(x[i]) (awq_cuda_act) or act(gate[i]) * up[i] (awq_cuda_act_mul), n elements of dt
+ * (y may alias an input); kind an awq_act (ops.h): silu x / (1 + exp(-x)); gelu 0.5 x erfc(-x/sqrt2)
+ * (= 0.5 x (1 + erf(x/sqrt2)), no cancellation in the negative tail); gelu_tanh
+ * x / (1 + exp(-2u)), u = sqrt(2/pi)(x + 0.044715 x^3) (= 0.5 x (1 + tanh u)); relu max(x, 0) with
+ * NaN kept. fp32 math with CUDA's expf / erfcf. */
+int awq_cuda_act(awq_cuda_ctx *ctx, int dt, const void *x, void *y, int64_t n, int kind,
+                 void *stream, awq_err *err);
+int awq_cuda_act_mul(awq_cuda_ctx *ctx, int dt, const void *gate, const void *up, void *y,
+                     int64_t n, int kind, void *stream, awq_err *err);
 
 /* y[i] = a[i] + b[i], n elements of dt (residual add; y may alias a or b). */
 int awq_cuda_add(awq_cuda_ctx *ctx, int dt, const void *a, const void *b, void *y, int64_t n,
