@@ -765,3 +765,55 @@ __all__ = [
     "clamp_groups", "quantize_gemm", "rows", "float32", "float16", "bfloat16", "int32",
     "int64", "uint8",
 ]
+
+
+def strided_copy(t: GpuTensor, offset: int, shape, strides, stream=None) -> GpuTensor:
+    """A contiguous copy of the strided view of t starting `offset` elements in, with `shape` and
+    `strides` in elements (checked to stay inside t)."""
+    _check_tensor("strided_copy t", t)
+    shape, strides = tuple(int(s) for s in shape), tuple(int(s) for s in strides)
+    if len(shape) != len(strides) or offset < 0 or any(s < 0 for s in shape) or any(s < 0 for s in strides):
+        raise ValueError(f"strided_copy: bad view offset={offset} shape={shape} strides={strides}")
+    last = offset + sum((n - 1) * s for n, s in zip(shape, strides)) if all(shape) else offset
+    if last >= max(t.size, 1) and all(shape):
+        raise ValueError(f"strided_copy: the view reaches element {last} of a tensor of {t.size}")
+    out = empty(shape, t.dtype, t.device, what="strided copy")
+    if out.size:
+        C.cuda_copy_strided(t.context.handle, t.itemsize, t.ptr + offset * t.itemsize, shape, strides, out.ptr,
+                            _stream(stream))
+    return out
+
+
+def split_cols(y: GpuTensor, F: int, stream=None):
+    """y [M, N] -> contiguous (y[:, :F], y[:, F:])."""
+    M, N = y.shape
+    return (strided_copy(y, 0, (M, F), (N, 1), stream), strided_copy(y, F, (M, N - F), (N, 1), stream))
+
+
+def split_qkv(y: GpuTensor, layout: str, Hq: int, Hkv: int, d: int, stream=None):
+    """A fused q|k|v output [M, (Hq + 2 Hkv) d] -> contiguous q [M, Hq, d], k, v [M, Hkv, d]
+    (layouts as awq.runtime.layers.CpuOps.split_qkv)."""
+    M, N = y.shape
+    if N != (Hq + 2 * Hkv) * d:
+        raise ValueError(f"split_qkv: {N} columns, expected ({Hq} + 2*{Hkv}) * {d}")
+    sc = lambda off, shape, strides: strided_copy(y, off, shape, strides, stream)  # noqa: E731
+    if layout == "concat":
+        q = sc(0, (M, Hq * d), (N, 1))
+        k = sc(Hq * d, (M, Hkv * d), (N, 1))
+        v = sc((Hq + Hkv) * d, (M, Hkv * d), (N, 1))
+    elif layout == "heads":
+        q, k, v = (sc(j * d, (M, Hq, d), (N, 3 * d, 1)) for j in range(3))
+    elif layout == "groups":
+        G = Hq // Hkv
+        q = sc(0, (M, Hkv, G, d), (N, (G + 2) * d, d, 1))
+        k = sc(G * d, (M, Hkv, d), (N, (G + 2) * d, 1))
+        v = sc((G + 1) * d, (M, Hkv, d), (N, (G + 2) * d, 1))
+    else:
+        raise ValueError(f"split_qkv: unknown layout {layout!r}")
+    return q.reshape(M, Hq, d), k.reshape(M, Hkv, d), v.reshape(M, Hkv, d)
+
+
+def scale(a: GpuTensor, s: float, stream=None) -> GpuTensor:
+    """a * s (a scalar) as a new tensor."""
+    K = a.shape[-1]
+    return scale_cols(a, np.full(K, s, np.float32), stream=stream)

@@ -315,15 +315,12 @@ class BaseAWQForCausalLM:
         return out
 
     def gpu_supported(self) -> bool:
-        """Whether the GPU runtimes and the GPU quantizer cover this model's block: the Llama-family
-        blocks (RMSNorm, rotate-half RoPE, q/k/v, gated SiLU MLP) with no model-wide extras."""
+        """Whether the GPU layer-by-layer runtime and the GPU quantizer cover this model's block: every
+        dense block kind (norms, fused qkv layouts, RoPE / ALiBi / learned positions, soft-capping,
+        gated / fused / plain MLPs). MoE routing, MLA, MPT's clip_qkv and Cohere's per-head q/k
+        LayerNorm run on the CPU."""
         s, c = self.spec, self.cfg
-        return (s.block == "sequential" and s.norm_kind in ("rms", "rms_unit") and s.attn == "mha" and not s.qkv
-                and s.position == "rope" and s.mlp == "gated" and c.act == "silu" and not s.attn_out_norm
-                and not s.mlp_out_norm and not s.pos_embed and not s.embed_norm and c.embed_scale is None
-                and c.residual_scale is None and c.logit_scale is None and not c.attn_softcap
-                and not c.final_softcap and c.attn_scale is None and not c.layer_types and not c.lm_head_norm
-                and c.rope_attention_factor() == 1.0)
+        return s.mlp != "moe" and s.attn == "mha" and not c.clip_qkv and not s.qk_norm_per_head
 
     def _run_device(self) -> str:
         if self.run_device.startswith("cuda") and not self.gpu_supported():
@@ -350,7 +347,8 @@ class BaseAWQForCausalLM:
 
                 dev = GpuDevice("float16", cuda_index(self.run_device))
                 layers = gpu_layers(dev, [get_layer(i) for i in range(cfg.num_layers)])
-                mt = dict(mt, final_norm=dev.norm(mt["final_norm"]), lm_head=dev.dense(mt["lm_head"].weight))
+                mt = dict(mt, final_norm=dev.norm(mt["final_norm"]),
+                          lm_head=dev.dense(mt["lm_head"].weight, mt["lm_head"].bias))
                 self._runtime = DecoderLM(spec, cfg, embed, edt, mt, layers.__getitem__, device=dev,
                                           plans=self.plans)
             else:

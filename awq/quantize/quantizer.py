@@ -136,7 +136,8 @@ class AwqQuantizer:
                 print(f"awq: the GPU quantizer does not cover {self.spec.model_type!r} blocks yet; "
                       "quantizing on the CPU", flush=True)
                 return CpuBackend()
-            stored = self.awq_model.ckpt.dtype(self.spec.layer_prefix(0) + self.spec.q + ".weight")
+            first = next(iter(self.awq_model.plans[0].linears))
+            stored = self.awq_model.ckpt.dtype(self.spec.layer_prefix(0) + first + ".weight")
             calib_dtype = {"F16": "float16", "BF16": "bfloat16"}.get(stored, "float32")
         self.compute_dtype = str(calib_dtype).removeprefix("torch.")
         return CudaBackend(calib_dtype, cuda_index(device))

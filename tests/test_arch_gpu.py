@@ -1,0 +1,64 @@
+"""Every architecture fixture on the GPU (skipped without a CUDA device): the float forward against
+transformers' logits, the quantized runtime against the CPU runtime on the same checkpoint, and the
+GPU quantizer against the CPU quantizer. MoE / MLA models (and MPT clip_qkv, Cohere per-head q/k
+norms) run on the CPU with a note; for them the test checks that the note is printed and the answer
+is the CPU one."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from awq import AutoAWQForCausalLM
+from awq._backend import C
+
+pytestmark = pytest.mark.skipif(not C.cuda_info()["devices"], reason="no CUDA device")
+
+ARCHS = Path(__file__).resolve().parent / "fixtures" / "archs"
+FOLDERS = sorted(p.name for p in ARCHS.iterdir() if p.is_dir()) if ARCHS.is_dir() else []
+
+
+def rel(a, b):
+    return float(np.linalg.norm(np.asarray(a, np.float64) - b) / np.linalg.norm(b))
+
+
+def _calib(vocab, n=8, T=32):
+    rng = np.random.default_rng(7)
+    return [list(map(int, rng.integers(3, vocab, size=T))) for _ in range(n)]
+
+
+@pytest.mark.parametrize("name", FOLDERS)
+def test_gpu_float_forward_matches_transformers(name, capsys):
+    d = ARCHS / name
+    ref = np.load(d / "reference.npz")
+    m = AutoAWQForCausalLM.from_pretrained(str(d), device_map="cuda")
+    got = m.forward(ref["input_ids"])
+    if not m.gpu_supported():
+        assert "running on the CPU" in capsys.readouterr().err
+        assert rel(got, ref["logits"]) < 1e-4
+        return
+    # fp16 activations with fp32 accumulation against a float64 oracle
+    assert rel(got, ref["logits"]) < 2e-2, name
+    assert np.mean(got.argmax(-1) == ref["logits"].argmax(-1)) >= 0.85
+
+
+@pytest.mark.parametrize("name", FOLDERS)
+def test_gpu_quantized_runtime_and_quantizer(name, tmp_path):
+    d = ARCHS / name
+    ids = np.load(d / "reference.npz")["input_ids"]
+    cpu = AutoAWQForCausalLM.from_pretrained(str(d))
+    qc = {"q_group_size": 32}
+    cpu.quantize(None, quant_config=qc, calib_data=_calib(cpu.cfg.vocab_size), max_calib_seq_len=32)
+    cpu.save_quantized(str(tmp_path / "cpu"))
+    want = AutoAWQForCausalLM.from_quantized(str(tmp_path / "cpu"), device_map="cpu").forward(ids)
+    on_gpu = AutoAWQForCausalLM.from_quantized(str(tmp_path / "cpu"), device_map="cuda")
+    assert rel(on_gpu.forward(ids), want) < (2e-2 if on_gpu.gpu_supported() else 1e-5), name
+    # greedy generation on the GPU follows the GPU forward
+    out = np.asarray(on_gpu.generate(ids[:1, :5], max_new_tokens=3, do_sample=False, eos_token_id=-1))
+    assert out.shape == (1, 8)
+
+    gq = AutoAWQForCausalLM.from_pretrained(str(d), device_map="cuda")
+    gq.quantize(None, quant_config=qc, calib_data=_calib(gq.cfg.vocab_size), max_calib_seq_len=32)
+    gq.save_quantized(str(tmp_path / "gpu"))
+    got = AutoAWQForCausalLM.from_quantized(str(tmp_path / "gpu"), device_map="cpu").forward(ids)
+    # a GPU (fp16 forwards) and a CPU (fp32) quantization pick nearly the same scales and clips
+    assert rel(got, want) < 0.1, name
