@@ -69,10 +69,6 @@ def _baichuan(cfg: dict) -> dict:
     return out
 
 
-def _internlm2(cfg: dict) -> dict:
-    return dict(cfg)
-
-
 def _exaone(cfg: dict) -> dict:
     return _rename(cfg, [("num_layers", "num_hidden_layers"), ("layer_norm_epsilon", "norm_eps")])
 
@@ -90,8 +86,7 @@ def _minicpm(cfg: dict) -> dict:
 
 def _minicpm3(cfg: dict) -> dict:
     out = _minicpm(cfg)
-    out.setdefault("qk_nope_head_dim", cfg.get("qk_nope_head_dim"))
-    out["rope_interleave"] = False
+    out["rope_interleave"] = False  # MiniCPM3 rotates q_pe / k_pe in rotate_half form
     return out
 
 
@@ -259,10 +254,6 @@ def _cohere_variant(cfg: dict) -> dict:
     return {}
 
 
-def _phi3(cfg: dict) -> dict:
-    return dict(cfg)
-
-
 def _glm4(cfg: dict) -> dict:
     out = dict(cfg)
     out.setdefault("partial_rotary_factor", 0.5)
@@ -376,7 +367,7 @@ TABLE = [
     ArchSpec("internlm2", "InternLM2ForCausalLM", embed="model.tok_embeddings.weight", lm_head="output.weight",
              input_norm="attention_norm", post_attn_norm="ffn_norm", qkv="attention.wqkv", qkv_layout="groups",
              o="attention.wo", gate="feed_forward.w1", up="feed_forward.w3", down="feed_forward.w2",
-             qkv_bias="bias", o_bias="bias", mlp_bias=False, config_adapter=_internlm2),
+             qkv_bias="bias", o_bias="bias", mlp_bias=False),
     ArchSpec("minicpm", "MiniCPMForCausalLM", qkv_bias=False, o_bias=False, mlp_bias=False, config_adapter=_minicpm),
     ArchSpec("minicpm3", "MiniCPM3ForCausalLM", attn="mla", qkv_bias=False, o_bias=False, mlp_bias=False,
              config_adapter=_minicpm3_mla),
@@ -388,9 +379,9 @@ TABLE = [
              mlp_out_norm="post_feedforward_layernorm", q_norm="self_attn.q_norm", k_norm="self_attn.k_norm",
              config_adapter=_gemma3),
     ArchSpec("phi3", "Phi3ForCausalLM", qkv="self_attn.qkv_proj", mlp="gated_fused", gate_up="mlp.gate_up_proj",
-             qkv_bias=False, o_bias=False, mlp_bias=False, config_adapter=_phi3),
+             qkv_bias=False, o_bias=False, mlp_bias=False),
     ArchSpec("phi3_v", "Phi3VForCausalLM", qkv="self_attn.qkv_proj", mlp="gated_fused", gate_up="mlp.gate_up_proj",
-             qkv_bias=False, o_bias=False, mlp_bias=False, config_adapter=_phi3,
+             qkv_bias=False, o_bias=False, mlp_bias=False,
              not_converted=("model.vision_embed_tokens",)),
     ArchSpec("stablelm", "StableLmForCausalLM", norm_kind="layernorm", qkv_bias="use_qkv_bias", o_bias=False,
              mlp_bias=False, config_adapter=_stablelm, variant=_stablelm_variant),

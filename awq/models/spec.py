@@ -278,11 +278,8 @@ class ArchSpec:
         elif s.qkv_layout == "concat":
             # v is the last rows of the fused linear (AutoAWQ's Phi-3 / Qwen rule)
             groups.append(ScaleGroup(s.qkv, (s.o,), s.o, only_if_same_shape=True))
-        if s.block != "parallel":
-            if mlp == "moe":
-                groups.append(ScaleGroup(s.post_attn_norm, mlp_in, "mlp"))
-            else:
-                groups.append(ScaleGroup(s.post_attn_norm, mlp_in, "mlp"))
+        if s.block != "parallel":  # MoE: router + every expert's gate/up, the whole MoE block inspected
+            groups.append(ScaleGroup(s.post_attn_norm, mlp_in, "mlp"))
         if mlp == "gated":
             groups.append(ScaleGroup(s.up, (s.down,), s.down))
         elif mlp == "gated_fused":
