@@ -3,6 +3,8 @@
 - `safetensors`: strict mmap reader (`SafetensorsFile`) and aligned writer (`save_file`, `BF16`).
 - `checkpoint`: Hugging Face model folders, single-file or sharded (`open_checkpoint`,
   `write_checkpoint`), `atomic_folder` for replacing an output folder safely, `read_json`.
+- `layouts` (imported on its own, it uses the C core): AutoAWQ's gemv / gemv_fast / marlin
+  layouts converted to GEMM at load time (`to_gemm`).
 
 Importing this package only defines names; nothing is opened or changed.
 """

@@ -260,7 +260,7 @@ class BaseAWQForCausalLM:
 
         ck, qc, plan = self.ckpt, self.quant_config, self.plans[i]
         layout = LAYOUTS[qc.get("source_version", "gemm")]
-        W, dropped = {}, []
+        W = {}
         for lin, (N, K) in plan.linears.items():
             base = self._name(i, lin)
             bias = ck.get_float32(base + ".bias") if base + ".bias" in ck else None
@@ -271,7 +271,6 @@ class BaseAWQForCausalLM:
                                          f"(AutoAWQ {layout.name} layout)")
                 g = K if qc["q_group_size"] == -1 else qc["q_group_size"]
                 qw, qz, scales = to_gemm(layout.name, _layout_tensors(ck, base, layout), K, N, g, base)
-                dropped += [f"{base}.{p}" for p in layout.tensors if p not in ("qweight", "qzeros", "scales")]
                 try:
                     W[lin] = AWQLinear(qw, qz, scales, bias, g)
                 except ValueError as e:
@@ -283,8 +282,6 @@ class BaseAWQForCausalLM:
             else:
                 raise ValueError(f"{self.model_path}: neither {base}.qweight nor {base}.weight is present")
         W.update(_norm_modules(self._layer_extras(i)))
-        if dropped:  # converted away: save_quantized must not copy them next to the GEMM tensors
-            self.ckpt = _hide_tensors(ck, dropped)
         return W
 
     def embed_tokens(self, ids: np.ndarray) -> np.ndarray:
@@ -456,8 +453,8 @@ class BaseAWQForCausalLM:
             t[spec.lm_head] = f16(ck.get_float32(spec.lm_head))
         replaced = set(t)
         for i, layer in enumerate(self._layers):
-            for lin in self.plans[i].linears:
-                replaced.update((self._name(i, lin + ".weight"), self._name(i, lin + ".bias")))
+            for lin in self.plans[i].linears:  # every stored form of a linear (incl. other AWQ layouts)
+                replaced.update(self._name(i, lin + "." + part) for part in _LINEAR_PARTS)
             for name, v in layer.items():
                 full = self._name(i, name)
                 if isinstance(v, QuantizedLinear) and v.w_bit != 4:
@@ -628,6 +625,9 @@ def load_quant_config(folder: str, config: dict) -> dict:
             "source_version": version, "modules_to_not_convert": qc.get("modules_to_not_convert")}
 
 
+_LINEAR_PARTS = ("weight", "bias", "qweight", "qzeros", "scales", "scaled_zeros")  # gemm, gemv, gemv_fast, marlin
+
+
 def _bias_name(weight_name: str) -> str:
     return weight_name[: -len(".weight")] + ".bias" if weight_name.endswith(".weight") else weight_name + ".bias"
 
@@ -678,12 +678,3 @@ def _layout_tensors(ck, base: str, layout) -> Dict[str, np.ndarray]:
         else:
             raise ValueError(f"{name}: unexpected dtype {ck.dtype(name)}")
     return out
-
-
-def _hide_tensors(ck, names: List[str]):
-    """The same open checkpoint without `names` (source-layout tensors that conversion replaced)."""
-    from awq.io.checkpoint import Checkpoint
-
-    drop = set(names)
-    return Checkpoint(ck.folder, ck._files, {k: v for k, v in ck._weight_map.items() if k not in drop},
-                      ck.index_metadata)
