@@ -1,4 +1,5 @@
 """Shared pytest fixtures. Keep minimal: each fixture here is used by several test files."""
+import numpy as np
 import pytest
 
 
@@ -14,3 +15,11 @@ def smollm2_path():
         pytest.skip(f"SmolLM2-135M-Instruct is not cached and cannot be fetched: {e}")
     except ImportError as e:
         pytest.skip(f"awq.zoo's optional dependencies are missing: {e}")
+
+
+@pytest.fixture
+def rng():
+    """A random generator with a fresh seed, printed so a failure can be replayed."""
+    seed = np.random.SeedSequence().entropy
+    print(f"seed = {seed}")
+    return np.random.default_rng(seed)

@@ -18,57 +18,20 @@ import pytest
 
 from awq import gpu
 from awq._backend import C
+from test_cuda_ops import FLOATS, U, decode, download, encode, poisoned
+from test_ops_arch import alibi_slopes, attention_ref
 
 INFO = C.cuda_info()
 pytestmark = pytest.mark.skipif(not (INFO["built"] and INFO["devices"]),
                                 reason=f"no usable CUDA device: {INFO['error']}")
 
-FLOATS = ["float16", "bfloat16", "float32"]
-# Unit roundoff of each storage type: the error of rounding one fp32 result to it.
-U = {"float16": 2.0**-11, "bfloat16": 2.0**-8, "float32": 2.0**-24}
 ACT_KINDS = ["silu", "gelu", "gelu_tanh", "relu"]
-
-
-@pytest.fixture
-def rng():
-    seed = np.random.SeedSequence().entropy
-    print(f"seed = {seed}")
-    return np.random.default_rng(seed)
-
-
-def bf16_bits(x):
-    b = np.ascontiguousarray(x, np.float32).view(np.uint32).astype(np.uint64)
-    return ((b + 0x7FFF + ((b >> 16) & 1)) >> 16).astype(np.uint16)
-
-
-def encode(x, name):
-    """float array -> host storage of dtype `name` (round to nearest even)."""
-    x = np.asarray(x, np.float32)
-    return bf16_bits(x) if name == "bfloat16" else x.astype(name)
-
-
-def decode(h, name):
-    """host storage -> float64 values."""
-    if name == "bfloat16":
-        return (np.asarray(h, np.uint16).astype(np.uint32) << 16).view(np.float32).astype(np.float64)
-    return np.asarray(h).astype(np.float64)
 
 
 def rand(rng, shape, name, scale=1.0, offset=0.0):
     """(GpuTensor of dtype `name`, its exact float64 values)."""
     h = encode(rng.standard_normal(shape) * scale + offset, name)
     return gpu.from_numpy(h, dtype=name), decode(h, name)
-
-
-def poisoned(shape, name):
-    return gpu.empty(shape, name).fill_bytes_(0xFF)
-
-
-def download(t):
-    return decode(t.to_numpy(), t.dtype.name)
-
-
-# ---------------------------------------------------------------- layernorm
 
 
 def layernorm_ref(x64, w, b, eps):
@@ -206,44 +169,6 @@ def test_rope_interleaved_matches_cpu_and_checks_its_flag(rng):
 
 
 # ---------------------------------------------------------------- attention: alibi, softcap, dv
-
-
-def attention_ref(q, k, v, scale, q_pos0, window=0, kv_len=None, alibi=None, softcap=0.0):
-    """float64: s = q.k * scale; softcap * tanh(s / softcap); + alibi[h] * (j - p); mask; softmax;
-    @ v (head dim dv). Rows that see no key give 0."""
-    B, T, Hq, d = q.shape
-    S, Hkv, dv = k.shape[1], k.shape[2], v.shape[3]
-    G = Hq // Hkv
-    out = np.zeros((B, T, Hq, dv))
-    pos = q_pos0 + np.arange(T)[:, None]
-    j = np.arange(S)[None, :]
-    for b in range(B):
-        mask = (j <= pos) & (j < (S if kv_len is None else kv_len[b]))
-        if window > 0:
-            mask &= j > pos - window
-        for h in range(Hq):
-            s = q[b, :, h] @ k[b, :, h // G].T * scale
-            if softcap > 0:
-                s = softcap * np.tanh(s / softcap)
-            if alibi is not None:
-                s = s + float(alibi[h]) * (j - pos)
-            s = np.where(mask, s, -np.inf)
-            m = s.max(axis=1, keepdims=True)
-            p = np.where(mask, np.exp(s - np.where(np.isfinite(m), m, 0.0)), 0.0)
-            lsum = p.sum(axis=1, keepdims=True)
-            out[b, :, h] = np.where(lsum > 0, (p @ v[b, :, h // G]) / np.where(lsum > 0, lsum, 1), 0)
-    return out
-
-
-def alibi_slopes(n):
-    """BLOOM's slopes (closest power of two, then every other slope of twice that)."""
-    p = 2 ** math.floor(math.log2(n))
-    base = 2.0 ** (-(2.0 ** -(math.log2(p) - 3)))
-    slopes = [base ** (i + 1) for i in range(p)]
-    if p != n:
-        extra = 2.0 ** (-(2.0 ** -(math.log2(2 * p) - 3)))
-        slopes += [extra ** (i + 1) for i in range(0, 2 * (n - p), 2)]
-    return np.array(slopes, dtype=np.float32)
 
 
 ARCH_CASES = [

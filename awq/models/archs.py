@@ -180,13 +180,20 @@ def _falcon_variant(cfg: dict) -> dict:
     return {"block": "sequential", "qkv_layout": layout}
 
 
-def _gptj(cfg: dict) -> dict:
+def _gpt2_keys(cfg: dict) -> dict:
+    """GPT-2 style keys (n_embd, n_head, n_layer, n_inner, ...) -> canonical ones."""
     out = _rename(cfg, [("n_embd", "hidden_size"), ("n_head", "num_attention_heads"), ("n_layer", "num_hidden_layers"),
                         ("layer_norm_epsilon", "norm_eps"), ("n_positions", "max_position_embeddings"),
                         ("activation_function", "hidden_act")])
     D = out.get("hidden_size")
     if isinstance(D, int):
         out["intermediate_size"] = cfg.get("n_inner") or 4 * D
+    return out
+
+
+def _gptj(cfg: dict) -> dict:
+    out = _gpt2_keys(cfg)
+    D = out.get("hidden_size")
     H = out.get("num_attention_heads")
     if cfg.get("rotary_dim") and isinstance(D, int) and isinstance(H, int) and H and D % H == 0:
         out["partial_rotary_factor"] = cfg["rotary_dim"] / (D // H)
@@ -195,15 +202,15 @@ def _gptj(cfg: dict) -> dict:
 
 
 def _gpt_bigcode(cfg: dict) -> dict:
-    out = _rename(cfg, [("n_embd", "hidden_size"), ("n_head", "num_attention_heads"), ("n_layer", "num_hidden_layers"),
-                        ("layer_norm_epsilon", "norm_eps"), ("n_positions", "max_position_embeddings"),
-                        ("activation_function", "hidden_act")])
-    D = out.get("hidden_size")
-    if isinstance(D, int):
-        out["intermediate_size"] = cfg.get("n_inner") or 4 * D
+    out = _gpt2_keys(cfg)
     out["num_key_value_heads"] = 1 if cfg.get("multi_query", True) else out.get("num_attention_heads")
     out.setdefault("tie_word_embeddings", True)
     return out
+
+
+def _gpt_bigcode_variant(cfg: dict) -> dict:
+    # multi-query: [q (all heads); k; v]; multi-head: per head [q_h; k_h; v_h]
+    return {} if cfg.get("multi_query", True) else {"qkv_layout": "heads"}
 
 
 def _gpt_neox(cfg: dict) -> dict:
@@ -421,7 +428,7 @@ TABLE = [
     ArchSpec("gpt_bigcode", "GPTBigCodeForCausalLM", **_GPT, pos_embed="transformer.wpe.weight", position="learned",
              norm_kind="layernorm", input_norm="ln_1", post_attn_norm="ln_2", qkv="attn.c_attn", o="attn.c_proj",
              mlp="plain", up="mlp.c_fc", down="mlp.c_proj", act="gelu_tanh", qkv_bias=True, o_bias=True,
-             mlp_bias=True, config_adapter=_gpt_bigcode),
+             mlp_bias=True, config_adapter=_gpt_bigcode, variant=_gpt_bigcode_variant),
     ArchSpec("gpt_neox", "GPTNeoXForCausalLM", layers_prefix="gpt_neox.layers", embed="gpt_neox.embed_in.weight",
              final_norm="gpt_neox.final_layer_norm.weight", lm_head="embed_out.weight", block="parallel2",
              norm_kind="layernorm", qkv="attention.query_key_value", qkv_layout="heads", o="attention.dense",
