@@ -239,3 +239,22 @@ def test_vision_tower_listed_under_new_transformers_names(tmp_path):
     qc = json.loads((tmp_path / "q" / "config.json").read_text())["quantization_config"]
     assert "model.vision_tower" in qc["modules_to_not_convert"]
     assert "model.multi_modal_projector" in qc["modules_to_not_convert"]
+
+
+def test_baichuan_13b_uses_alibi():
+    """Baichuan-13B / Baichuan2-13B (hidden 5120) use ALiBi, the 7B models RoPE, as their remote code."""
+    from awq.models.config import ModelConfig
+    from awq.runtime.layers import alibi_slopes
+
+    row = ARCH_SPECS["baichuan"]
+    cfg13 = {"model_type": "baichuan", "hidden_size": 5120, "num_attention_heads": 40, "num_hidden_layers": 40,
+             "intermediate_size": 13696, "vocab_size": 125696, "model_max_length": 4096, "rms_norm_eps": 1e-6,
+             "z_loss_weight": 0}
+    spec = row.for_config(cfg13)
+    assert spec.position == "alibi" and row.for_config(dict(cfg13, hidden_size=4096, num_attention_heads=32)).position == "rope"
+    c = ModelConfig.from_dict(cfg13, spec.config_adapter)
+    assert c.alibi == "bloom" and c.lm_head_norm and c.max_position_embeddings == 4096
+    s = alibi_slopes("bloom", 40)
+    # Baichuan's _get_interleave(40): 32 slopes 2^(-8i/32), then every other slope of 64 heads
+    want = [2 ** (-(i + 1) / 4) for i in range(32)] + [2 ** (-(2 * j + 1) / 8) for j in range(8)]
+    np.testing.assert_allclose(s, want, rtol=1e-6)

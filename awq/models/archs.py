@@ -63,10 +63,22 @@ def _qwen1(cfg: dict) -> dict:
     return out
 
 
+def _baichuan_13b(cfg: dict) -> bool:
+    # Baichuan's remote code picks the position encoding by size: the 13B models (hidden 5120) use
+    # ALiBi, the 7B ones RoPE; their configs carry no other sign of it.
+    return cfg.get("hidden_size") == 5120
+
+
 def _baichuan(cfg: dict) -> dict:
     out = _rename(cfg, [("model_max_length", "max_position_embeddings")])
     out["lm_head_norm"] = "z_loss_weight" in cfg  # Baichuan2's NormHead (Baichuan-1 has no such key)
+    if _baichuan_13b(cfg):
+        out["alibi"] = "bloom"  # the same slopes (Press et al., interleaved for 40 heads)
     return out
+
+
+def _baichuan_variant(cfg: dict) -> dict:
+    return {"position": "alibi"} if _baichuan_13b(cfg) else {}
 
 
 def _exaone(cfg: dict) -> dict:
@@ -370,7 +382,7 @@ TABLE = [
              o="attn.c_proj", gate="mlp.w2", up="mlp.w1", down="mlp.c_proj", qkv_bias=True, o_bias=False,
              mlp_bias=False, config_adapter=_qwen1),
     ArchSpec("baichuan", "BaichuanForCausalLM", qkv="self_attn.W_pack", qkv_bias=False, o_bias=False, mlp_bias=False,
-             config_adapter=_baichuan),
+             config_adapter=_baichuan, variant=_baichuan_variant),
     ArchSpec("internlm2", "InternLM2ForCausalLM", embed="model.tok_embeddings.weight", lm_head="output.weight",
              input_norm="attention_norm", post_attn_norm="ffn_norm", qkv="attention.wqkv", qkv_layout="groups",
              o="attention.wo", gate="feed_forward.w1", up="feed_forward.w3", down="feed_forward.w2",
