@@ -167,8 +167,10 @@ def _falcon(cfg: dict) -> dict:
     else:
         out["num_key_value_heads"] = H
     out["hidden_act"] = cfg.get("activation", "gelu")
-    if cfg.get("alibi"):
-        out["unsupported"] = "Falcon with alibi=true"
+    if cfg.get("alibi"):  # Falcon-RW: BLOOM's slopes, added before the 1/sqrt(d) scaling
+        out["alibi"] = "bloom"
+        if isinstance(D, int) and isinstance(H, int) and H and D % H == 0:
+            out["alibi_scale"] = (D // H) ** -0.5
     out.setdefault("max_position_embeddings", 2048)
     return out
 
@@ -180,6 +182,13 @@ def _falcon_new(cfg: dict) -> bool:
 
 
 def _falcon_variant(cfg: dict) -> dict:
+    out = _falcon_layout(cfg)
+    if cfg.get("alibi"):
+        out["position"] = "alibi"
+    return out
+
+
+def _falcon_layout(cfg: dict) -> dict:
     if _falcon_new(cfg):
         if cfg.get("num_ln_in_parallel_attn", 2) == 1:
             return {"block": "parallel", "input_norm": "input_layernorm", "post_attn_norm": None,
@@ -242,15 +251,17 @@ def _gpt_neox_variant(cfg: dict) -> dict:
 def _stablelm(cfg: dict) -> dict:
     out = _rename(cfg, [("layer_norm_eps", "norm_eps")])
     out.setdefault("partial_rotary_factor", 0.25)
-    if cfg.get("qk_layernorm"):
-        out["unsupported"] = "StableLM with qk_layernorm=true (per-head LayerNorm modules)"
     return out
 
 
 def _stablelm_variant(cfg: dict) -> dict:
+    out = {}
     if cfg.get("use_parallel_residual", False):
-        return {"block": "parallel", "post_attn_norm": None}
-    return {}
+        out.update(block="parallel", post_attn_norm=None)
+    if cfg.get("qk_layernorm"):  # StableLM-2-12B: a bias-free LayerNorm per head, one module each
+        out.update(q_norm="self_attn.q_layernorm", k_norm="self_attn.k_layernorm", qk_norm_per_head=True,
+                   qk_norm_split=True)
+    return out
 
 
 def _starcoder2(cfg: dict) -> dict:

@@ -178,11 +178,14 @@ class BaseAWQForCausalLM:
             raise ValueError(f"{spec.embed} has hidden size {D}, config says {self.cfg.hidden_size}")
         for i in sorted({0, self.cfg.num_layers - 1}):
             for n, shape in self.plans[i].norms.items():
-                name = self._name(i, n + ".weight")
-                if name not in ck:
-                    raise ValueError(f"{self.model_path}: missing tensor {name}")
-                if tuple(ck.shape(name)) != shape:
-                    raise ValueError(f"{name}: shape {tuple(ck.shape(name))}, expected {shape} from config.json")
+                parts = spec.norm_tensors(n, shape)
+                for t in parts:
+                    name = self._name(i, t)
+                    if name not in ck:
+                        raise ValueError(f"{self.model_path}: missing tensor {name}")
+                    want = shape if len(parts) == 1 else shape[1:]
+                    if tuple(ck.shape(name)) != want:
+                        raise ValueError(f"{name}: shape {tuple(ck.shape(name))}, expected {want} from config.json")
 
     def _expected_shape(self, lin: str, i: int = 0):
         """(out_features, in_features) of linear `lin` of layer i, from config.json."""
@@ -191,8 +194,12 @@ class BaseAWQForCausalLM:
     def _layer_extras(self, i: int, as_f32=True) -> Dict[str, np.ndarray]:
         """Layer i's 1-D tensors: norm weights and biases (LayerNorm), the MoE router's correction bias."""
         ck, plan, out = self.ckpt, self.plans[i], {}
-        for n in plan.norms:
-            out[n + ".weight"] = ck.get_float32(self._name(i, n + ".weight"))
+        for n, shape in plan.norms.items():
+            parts = self.spec.norm_tensors(n, shape)
+            if len(parts) == 1:
+                out[n + ".weight"] = ck.get_float32(self._name(i, parts[0]))
+            else:  # one tensor per head, stacked to [H, d]
+                out[n + ".weight"] = np.stack([ck.get_float32(self._name(i, t)) for t in parts])
             if self._name(i, n + ".bias") in ck:
                 out[n + ".bias"] = ck.get_float32(self._name(i, n + ".bias"))
         if plan.moe is not None and plan.moe.router_bias:
@@ -470,6 +477,10 @@ class BaseAWQForCausalLM:
                     t[full + ".weight"] = f16(v.weight)
                     if v.bias is not None:
                         t[full + ".bias"] = f16(v.bias)
+                elif name.removesuffix(".weight") in (spec.q_norm, spec.k_norm) and spec.qk_norm_split:
+                    for h, t_name in enumerate(spec.norm_tensors(name.removesuffix(".weight"), v.shape)):
+                        t[self._name(i, t_name)] = f16(v[h])
+                        replaced.add(self._name(i, t_name))
                 else:
                     if not (full.endswith(".weight") or full.endswith(".bias")) and \
                             self._name(i, name + ".weight") in ck:

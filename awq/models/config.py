@@ -139,6 +139,7 @@ class ModelConfig:
     logit_scale: Optional[float] = None
     alibi: Optional[str] = None  # "bloom" | "mpt"
     alibi_bias_max: float = 8.0
+    alibi_scale: float = 1.0  # slopes multiplied by this (Falcon-RW adds ALiBi before the 1/sqrt(d))
     clip_qkv: Optional[float] = None
     pos_offset: int = 0
     layer_types: Optional[list] = None
@@ -257,6 +258,7 @@ class ModelConfig:
             logit_scale=_opt_float(text, "logit_scale"),
             alibi=text.get("alibi"),
             alibi_bias_max=_float(text, "alibi_bias_max", 8.0),
+            alibi_scale=_float(text, "alibi_scale", 1.0),
             clip_qkv=_opt_float(text, "clip_qkv"),
             pos_offset=int(text.get("pos_offset", 0)),
             layer_types=layer_types,

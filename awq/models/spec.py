@@ -110,6 +110,7 @@ class ArchSpec:
     q_norm: Optional[str] = None  # per-head norms on q and k (Qwen3, Gemma3)
     k_norm: Optional[str] = None
     qk_norm_per_head: bool = False  # q/k norm weights [heads, head_dim] (Cohere), not [head_dim]
+    qk_norm_split: bool = False  # ... stored as one tensor per head, "<norm>.norms.<h>.weight" (StableLM-2)
     mlp: str = "gated"
     gate: str = "mlp.gate_proj"
     up: str = "mlp.up_proj"
@@ -149,6 +150,12 @@ class ArchSpec:
 
     def layer_prefix(self, i: int) -> str:
         return f"{self.layers_prefix}.{i}."
+
+    def norm_tensors(self, name: str, shape) -> Tuple[str, ...]:
+        """The checkpoint tensors (relative to the layer) holding norm `name`'s weight."""
+        if self.qk_norm_split and name in (self.q_norm, self.k_norm):
+            return tuple(f"{name}.norms.{h}.weight" for h in range(shape[0]))
+        return (name + ".weight",)
 
     def has_bias(self, which: str, config: dict) -> bool:
         flag = {"qkv": self.qkv_bias, "o": self.o_bias, "mlp": self.mlp_bias}[which]

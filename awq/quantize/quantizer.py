@@ -272,9 +272,9 @@ class AwqQuantizer:
         spec, ck, m = self.spec, self.awq_model.ckpt, self.awq_model
         order, want, layout = [], {}, {}
         plan = m.plans[i]
-        for n in plan.norms:
+        for n, shape in plan.norms.items():
             order.append(n + ".weight")
-            want[n + ".weight"] = (F32, tuple(ck.shape(spec.layer_prefix(i) + n + ".weight")))
+            want[n + ".weight"] = (F32, tuple(shape))
             if spec.layer_prefix(i) + n + ".bias" in ck:
                 order.append(n + ".bias")
                 want[n + ".bias"] = (F32, tuple(ck.shape(spec.layer_prefix(i) + n + ".bias")))

@@ -222,7 +222,7 @@ def attn_forward(spec, cfg, plan, W: Dict, h, B: int, T: int, ropes, q_pos0: int
         ops.rope_(q, cos, sin, cfg.rotary_dim, interleaved=inter) if inter else ops.rope_(q, cos, sin, cfg.rotary_dim)
         ops.rope_(k, cos, sin, cfg.rotary_dim, interleaved=inter) if inter else ops.rope_(k, cos, sin, cfg.rotary_dim)
     elif spec.position == "alibi":
-        alibi = alibi_slopes(cfg.alibi or "bloom", Hq, cfg.alibi_bias_max)
+        alibi = alibi_slopes(cfg.alibi or "bloom", Hq, cfg.alibi_bias_max) * np.float32(cfg.alibi_scale)
     o = _attend(cfg, plan, q.reshape(B, T, Hq, d), k.reshape(B, T, Hkv, d), v.reshape(B, T, Hkv, d),
                 B, T, q_pos0, cache, layer_idx, ops, alibi)
     _cap(capture, plan, spec.o, o)
