@@ -213,9 +213,7 @@ class ModelConfig:
         eps = None
         for key in ("norm_eps", "rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon", "norm_epsilon"):
             if text.get(key) is not None:
-                eps = _float(text, key, positive=False)
-                if eps < 0:
-                    raise ConfigError(f"config.json: {key!r} must be >= 0, got {eps}")
+                eps = _float(text, key)  # > 0: a zero eps divides by zero on an all-zero row
                 break
         act_name = text.get("hidden_act", None)
         act = "silu" if act_name is None else ACTIVATIONS.get(act_name)
