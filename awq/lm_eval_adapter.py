@@ -103,6 +103,8 @@ class AWQLM(LM):
     def _score(self, context: List[int], cont: List[int]) -> Tuple[float, bool]:
         """log P(cont | context) and whether greedy decoding yields cont, with the input cut to the
         last max_length tokens."""
+        if len(cont) > self.max_length:
+            raise ValueError(f"AWQLM: a continuation of {len(cont)} tokens does not fit max_length {self.max_length}")
         full = (context + cont)[-(self.max_length + 1):]
         inp = np.asarray(full[:-1], np.int64)[None]
         logits = np.asarray(self.model.forward(inp)[0], np.float32)

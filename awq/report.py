@@ -16,6 +16,12 @@ from typing import Dict, Optional
 import numpy as np
 
 
+def _num(x) -> Optional[float]:
+    """A JSON number, or null for NaN / Inf (strict JSON has neither)."""
+    x = float(x)
+    return x if np.isfinite(x) else None
+
+
 def _stats(a: np.ndarray) -> Dict[str, float]:
     a = np.asarray(a, np.float64).ravel()
     return {"min": float(a.min()), "max": float(a.max()), "mean": float(a.mean())}
@@ -29,12 +35,13 @@ def build_report(model) -> dict:
     layers = []
     for r in reports:
         groups = [{"group": g, "ratio": (None if not np.isfinite(r.ratios[g]) else float(r.ratios[g])),
-                   "identity": r.ratios[g] == -1.0, "loss": float(r.losses.get(g, float("nan"))),
+                   "identity": r.ratios[g] == -1.0, "loss": _num(r.losses.get(g, float("nan"))),
                    **({"scale": _stats(r.scales[g])} if g in r.scales else {})} for g in r.ratios]
         clips = [{"linear": lin, "max_val": _stats(v), **({"clip_ratio": _stats(r.clip_ratios[lin])}
                                                           if lin in getattr(r, "clip_ratios", {}) else {})}
                  for lin, v in r.clips.items()]
-        layers.append({"index": r.index, "seconds": r.seconds, "errors": dict(r.errors), "groups": groups,
+        layers.append({"index": r.index, "seconds": r.seconds, "errors": {k: _num(v) for k, v in r.errors.items()},
+                       "groups": groups,
                        "clips": clips})
     return {"model_type": model.spec.model_type, "model_path": str(model.model_path),
             "quant_config": dict(model.quant_config), "num_layers": len(layers),
@@ -92,7 +99,7 @@ def write_report(model, out_dir: str, png: bool = True) -> Dict[str, Optional[st
     jp = os.path.join(out_dir, "report.json")
     tmp = jp + ".tmp"
     with open(tmp, "w") as f:
-        json.dump(rep, f, indent=1, allow_nan=True)
+        json.dump(rep, f, indent=1, allow_nan=False)
     os.replace(tmp, jp)
     pp = _plot(rep, os.path.join(out_dir, "report.png")) if png else None
     return {"json": jp, "png": pp}

@@ -62,3 +62,22 @@ def test_gpu_quantized_runtime_and_quantizer(name, tmp_path):
     got = AutoAWQForCausalLM.from_quantized(str(tmp_path / "gpu"), device_map="cpu").forward(ids)
     # a GPU (fp16 forwards) and a CPU (fp32) quantization pick nearly the same scales and clips
     assert rel(got, want) < 0.1, name
+
+
+@pytest.mark.parametrize("variant", ["qwen2_yarn", "llama_dynamic_ntk", "llama_rope_llama3"])
+def test_fused_decoder_only_runs_what_it_covers(variant, tmp_path, capsys):
+    """The fused decoder computes RoPE from the plain inverse frequencies: yarn's attention factor and
+    dynamic NTK must send generation to the layer-by-layer runtime (llama3 scaling is fused)."""
+    d = ARCHS.parent / "arch_variants" / variant
+    ids = np.load(d / "reference.npz")["input_ids"][:1, :6]
+    m = AutoAWQForCausalLM.from_pretrained(str(d))
+    m.quantize(None, quant_config={"q_group_size": 32}, calib_data=_calib(m.cfg.vocab_size), max_calib_seq_len=32)
+    m.save_quantized(str(tmp_path / "q"))
+    want = np.asarray(AutoAWQForCausalLM.from_quantized(str(tmp_path / "q"), device_map="cpu").generate(
+        ids, max_new_tokens=6, do_sample=False, eos_token_id=-1))
+    g = AutoAWQForCausalLM.from_quantized(str(tmp_path / "q"), device_map="cuda")
+    rt = g.generation_runtime()
+    fused = type(rt).__name__ == "FusedGpuLM"
+    assert fused == (variant == "llama_rope_llama3"), capsys.readouterr().out
+    got = np.asarray(g.generate(ids, max_new_tokens=6, do_sample=False, eos_token_id=-1))
+    assert (got[0, :6] == ids[0]).all() and np.mean(got == want) >= 0.9

@@ -258,3 +258,103 @@ def test_baichuan_13b_uses_alibi():
     # Baichuan's _get_interleave(40): 32 slopes 2^(-8i/32), then every other slope of 64 heads
     want = [2 ** (-(i + 1) / 4) for i in range(32)] + [2 ** (-(2 * j + 1) / 8) for j in range(8)]
     np.testing.assert_allclose(s, want, rtol=1e-6)
+
+
+# ---- config and routing details (review findings) ---------------------------------------------
+
+
+def _cfg(model_type, **kw):
+    from awq.models.config import ModelConfig
+
+    base = {"model_type": model_type, "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2,
+            "intermediate_size": 96, "vocab_size": 128}
+    base.update(kw)
+    spec = ARCH_SPECS[model_type].for_config(base)
+    return spec, ModelConfig.from_dict(base, spec.config_adapter, default_act=spec.act)
+
+
+def test_partial_rotary_inside_rope_parameters():
+    """transformers 5 writes partial_rotary_factor only under rope_parameters."""
+    _, c = _cfg("gpt_neox", rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                             "partial_rotary_factor": 1.0})
+    assert c.rotary_dim == 16
+    _, c = _cfg("stablelm", rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                             "partial_rotary_factor": 0.5})
+    assert c.rotary_dim == 8
+
+
+def test_activation_defaults_follow_the_architecture():
+    _, c = _cfg("gptj", n_embd=64, n_head=4, n_layer=2)  # no activation_function: GPT-J's gelu_new
+    assert c.act == "gelu_tanh"
+    _, c = _cfg("gemma", hidden_act="gelu", head_dim=16)  # Gemma-1's legacy key: still the tanh GELU
+    assert c.act == "gelu_tanh"
+    _, c = _cfg("llama")
+    assert c.act == "silu"
+
+
+def test_qwen_sliding_windows_follow_max_window_layers():
+    _, c = _cfg("qwen2", sliding_window=4, use_sliding_window=True, max_window_layers=1)
+    assert [c.layer_window(i) for i in range(2)] == [0, 4]
+    _, c = _cfg("qwen2", sliding_window=4)  # use_sliding_window defaults to false for Qwen
+    assert [c.layer_window(i) for i in range(2)] == [0, 0]
+    _, c = _cfg("mistral", sliding_window=4)  # Mistral: always on
+    assert [c.layer_window(i) for i in range(2)] == [4, 4]
+
+
+def test_qwen3_moe_reads_num_local_experts_and_refuses_no_experts():
+    from awq.models.config import ConfigError
+
+    moe = dict(num_experts_per_tok=2, moe_intermediate_size=32)
+    _, c = _cfg("qwen3_moe", num_local_experts=4, **moe)
+    assert c.moe["num_experts"] == 4
+    with pytest.raises(ConfigError, match="number of experts"):
+        _cfg("qwen3_moe", **moe)
+
+
+def test_mpt_clip_qkv_has_no_fused_v_to_o_group():
+    kw = dict(d_model=64, n_heads=4, n_layers=2, expansion_ratio=2)
+    spec, c = _cfg("mpt", attn_config={"alibi": True, "clip_qkv": 0.5}, **kw)
+    assert not any(g.prev == spec.qkv for g in spec.plan(c, 0).groups)
+    spec, c = _cfg("mpt", attn_config={"alibi": True}, **kw)
+    assert any(g.prev == spec.qkv and g.linears == (spec.o,) for g in spec.plan(c, 0).groups)
+
+
+def test_group_limited_routing_drops_other_groups_and_v2_v3_weights():
+    from awq.runtime.layers import route
+
+    class C:
+        moe = {"top_k": 2, "scoring": "sigmoid", "n_group": 4, "topk_group": 2, "group_score": "top2sum",
+               "norm_topk_prob": True, "routed_scaling_factor": 2.5, "scale_after_norm": True}
+
+    logits = np.array([[3, 2.9, -3, -3, -3, -3, 2, 1.9]], np.float32)
+    idx, w = route(C, logits, np.full(8, -1.0, np.float32))
+    # groups {0,1}={3,2.9}->sum of sigmoid+bias top-2 is highest for groups 0 and 3; never experts 2..5
+    assert set(idx[0]) == {0, 1} and np.isclose(w.sum(), 2.5)
+    C.moe = dict(C.moe, scoring="softmax", group_score="max", scale_after_norm=False, routed_scaling_factor=16.0)
+    idx, w = route(C, logits, None)
+    assert np.isclose(w.sum(), 1.0)  # DeepSeek-V2: renormalised, not scaled
+    C.moe = dict(C.moe, norm_topk_prob=False)
+    idx, w = route(C, logits, None)
+    p = np.exp(logits[0] - logits[0].max())
+    p /= p.sum()
+    assert np.allclose(np.sort(w[0]), np.sort(p[[0, 1]]) * 16.0)  # V2 without renormalisation: scaled
+
+
+def test_shared_experts_are_calibrated(tmp_path):
+    m = AutoAWQForCausalLM.from_pretrained(str(ARCHS / "deepseek_v3"))
+    m.quantize(None, quant_config={"q_group_size": 32}, calib_data=_calib(4), max_calib_seq_len=32)
+    rep = m.reports[1]  # layer 1 is a MoE layer
+    for n in ("mlp.shared_experts.gate_proj", "mlp.shared_experts.up_proj", "mlp.shared_experts.down_proj"):
+        assert n in rep.clips, n
+
+
+def test_untied_model_without_lm_head_is_refused(tmp_path):
+    src = ARCHS / "llama"
+    sf = SafetensorsFile(str(src / "model.safetensors"))
+    d = tmp_path / "nohead"
+    d.mkdir()
+    save_file({k: np.array(sf.get(k)) for k in sf.keys() if k != "lm_head.weight"}, str(d / "model.safetensors"))
+    shutil.copy(src / "config.json", d / "config.json")
+    assert json.loads((d / "config.json").read_text())["tie_word_embeddings"] is False
+    with pytest.raises(ValueError, match="lm_head.weight"):
+        AutoAWQForCausalLM.from_pretrained(str(d))

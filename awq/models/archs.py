@@ -16,6 +16,14 @@ from awq.models.spec import ArchSpec
 # ---- config adapters ---------------------------------------------------------------------------
 
 
+def _default_partial(out: dict, value: float) -> None:
+    """partial_rotary_factor's class default, unless the config has one (top level, or inside
+    transformers 5's rope_parameters)."""
+    rp = out.get("rope_parameters") if isinstance(out.get("rope_parameters"), dict) else {}
+    if "partial_rotary_factor" not in out and "partial_rotary_factor" not in rp:
+        out["partial_rotary_factor"] = value
+
+
 def _rename(cfg: dict, pairs) -> dict:
     out = dict(cfg)
     for src, dst in pairs:
@@ -26,9 +34,8 @@ def _rename(cfg: dict, pairs) -> dict:
 
 def _gemma(cfg: dict) -> dict:
     out = dict(cfg)
-    out.setdefault("hidden_act", cfg.get("hidden_activation") or "gelu_pytorch_tanh")
-    if cfg.get("hidden_activation"):
-        out["hidden_act"] = cfg["hidden_activation"]
+    # transformers' Gemma runs hidden_activation, else the tanh GELU (a legacy hidden_act "gelu" included)
+    out["hidden_act"] = cfg.get("hidden_activation") or "gelu_pytorch_tanh"
     out["embed_scale"] = math.sqrt(cfg["hidden_size"]) if isinstance(cfg.get("hidden_size"), int) else None
     if cfg.get("query_pre_attn_scalar"):
         out["attn_scale"] = float(cfg["query_pre_attn_scalar"]) ** -0.5
@@ -44,6 +51,9 @@ def _gemma2(cfg: dict) -> dict:
 
 
 def _gemma3(cfg: dict) -> dict:
+    cfg = dict(cfg)
+    for key, val in (("rope_theta", 1_000_000.0), ("query_pre_attn_scalar", 256)):  # Gemma3TextConfig defaults
+        cfg.setdefault(key, val)
     out = _gemma(cfg)
     n = cfg.get("num_hidden_layers")
     if "layer_types" not in cfg and isinstance(n, int):
@@ -60,6 +70,20 @@ def _qwen1(cfg: dict) -> dict:
         out["intermediate_size"] = cfg["intermediate_size"] // 2  # w1/w2 are half of it wide
     if cfg.get("kv_channels"):
         out["head_dim"] = cfg["kv_channels"]
+    return out
+
+
+def _qwen_windows(cfg: dict) -> dict:
+    """Qwen2-family sliding windows: off unless use_sliding_window; then layers from max_window_layers
+    on slide (transformers' Qwen2Config.layer_types)."""
+    out = dict(cfg)
+    use = bool(cfg.get("use_sliding_window", False))
+    out["use_sliding_window"] = use
+    n = cfg.get("num_hidden_layers")
+    if use and cfg.get("sliding_window") and "layer_types" not in cfg and isinstance(n, int):
+        mwl = cfg.get("max_window_layers", n)
+        mwl = n if not isinstance(mwl, int) else mwl
+        out["layer_types"] = ["sliding_attention" if i >= mwl else "full_attention" for i in range(n)]
     return out
 
 
@@ -237,7 +261,7 @@ def _gpt_bigcode_variant(cfg: dict) -> dict:
 def _gpt_neox(cfg: dict) -> dict:
     out = _rename(cfg, [("layer_norm_eps", "norm_eps"), ("rotary_emb_base", "rope_theta"),
                         ("rotary_pct", "partial_rotary_factor")])
-    out.setdefault("partial_rotary_factor", 0.25)
+    _default_partial(out, 0.25)
     out.setdefault("hidden_act", "gelu")
     return out
 
@@ -250,7 +274,7 @@ def _gpt_neox_variant(cfg: dict) -> dict:
 
 def _stablelm(cfg: dict) -> dict:
     out = _rename(cfg, [("layer_norm_eps", "norm_eps")])
-    out.setdefault("partial_rotary_factor", 0.25)
+    _default_partial(out, 0.25)
     return out
 
 
@@ -286,15 +310,18 @@ def _cohere_variant(cfg: dict) -> dict:
 
 def _glm4(cfg: dict) -> dict:
     out = dict(cfg)
-    out.setdefault("partial_rotary_factor", 0.5)
+    _default_partial(out, 0.5)
     return out
 
 
 def _moe_common(cfg: dict, *, experts_key, topk_key, inter_key, norm_default, shared_key=None,
                 shared_mult=1) -> dict:
     out = dict(cfg)
+    n_exp = cfg.get(experts_key) or cfg.get("num_local_experts") or cfg.get("num_experts")
+    if not n_exp and experts_key != "n_routed_experts":
+        out["unsupported"] = f"a MoE config without {experts_key!r} (the number of experts)"
     out["moe"] = {
-        "num_experts": cfg.get(experts_key), "top_k": cfg.get(topk_key),
+        "num_experts": n_exp, "top_k": cfg.get(topk_key),
         "moe_intermediate_size": cfg.get(inter_key), "norm_topk_prob": cfg.get("norm_topk_prob", norm_default),
         "shared_intermediate_size": (cfg.get(shared_key) or 0) * shared_mult if shared_key else 0,
         "scoring": "softmax", "routed_scaling_factor": 1.0, "n_group": 1, "topk_group": 1,
@@ -312,7 +339,7 @@ def _mixtral(cfg: dict) -> dict:
 
 
 def _qwen3_moe(cfg: dict) -> dict:
-    out = _moe_common(cfg, experts_key="num_experts", topk_key="num_experts_per_tok",
+    out = _moe_common(_qwen_windows(cfg), experts_key="num_experts", topk_key="num_experts_per_tok",
                       inter_key="moe_intermediate_size", norm_default=False)
     n = cfg.get("num_hidden_layers") or 0
     only = set(cfg.get("mlp_only_layers") or [])
@@ -333,6 +360,8 @@ def _deepseek(cfg: dict) -> dict:
     if method in ("group_limited_greedy", "noaux_tc"):
         m["n_group"], m["topk_group"] = cfg.get("n_group", 1) or 1, cfg.get("topk_group", 1) or 1
     m["group_score"] = "top2sum" if method == "noaux_tc" else "max"
+    # DeepSeek-V2's code renormalises OR scales by routed_scaling_factor; V3's does both
+    m["scale_after_norm"] = v3
     m["router_bias"] = method == "noaux_tc"
     n = cfg.get("num_hidden_layers") or 0
     k = cfg.get("first_k_dense_replace", 0) or 0
@@ -379,10 +408,11 @@ TABLE = [
     ArchSpec("aquila", "AquilaForCausalLM", fusable=True),
     ArchSpec("mistral", "MistralForCausalLM", qkv_bias=False, o_bias=False, mlp_bias=False, fusable=True),
     # Qwen2: q/k/v always carry a bias, o_proj never.
-    ArchSpec("qwen2", "Qwen2ForCausalLM", qkv_bias=True, o_bias=False, mlp_bias=False, fusable=True),
+    ArchSpec("qwen2", "Qwen2ForCausalLM", qkv_bias=True, o_bias=False, mlp_bias=False, fusable=True,
+             config_adapter=_qwen_windows),
     # Qwen3: per-head RMSNorm on q and k before RoPE; optional attention bias.
     ArchSpec("qwen3", "Qwen3ForCausalLM", q_norm="self_attn.q_norm", k_norm="self_attn.k_norm", mlp_bias=False,
-             fusable=True),
+             fusable=True, config_adapter=_qwen_windows),
     ArchSpec("Yi", "YiForCausalLM", input_norm="ln1", post_attn_norm="ln2", qkv_bias=False, o_bias=False,
              mlp_bias=False),
     ArchSpec("exaone", "ExaoneForCausalLM", **_GPT, input_norm="ln_1", post_attn_norm="ln_2",
@@ -472,11 +502,11 @@ TABLE = [
     ArchSpec("llava_next", "LlavaNextForConditionalGeneration", **_lm("language_model."), alt_prefixes=_LLAVA_PREFIXES,
              not_converted=("vision_tower", "multi_modal_projector", "image_newline")),
     ArchSpec("qwen2_vl", "Qwen2VLForConditionalGeneration", alt_prefixes=_QWEN_VL_PREFIXES, qkv_bias=True, o_bias=False,
-             mlp_bias=False, not_converted=("visual",)),
+             mlp_bias=False, not_converted=("visual",), config_adapter=_qwen_windows),
     ArchSpec("qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration", alt_prefixes=_QWEN_VL_PREFIXES, qkv_bias=True,
-             o_bias=False, mlp_bias=False, not_converted=("visual",)),
+             o_bias=False, mlp_bias=False, not_converted=("visual",), config_adapter=_qwen_windows),
     ArchSpec("qwen2_5_omni", "Qwen2_5OmniForConditionalGeneration", **_lm("thinker."), qkv_bias=True, o_bias=False,
-             mlp_bias=False, not_converted=("thinker.visual", "thinker.audio_tower", "talker", "token2wav")),
+             mlp_bias=False, not_converted=("thinker.visual", "thinker.audio_tower", "talker", "token2wav"), config_adapter=_qwen_windows),
     ArchSpec("gemma3", "Gemma3ForConditionalGeneration", **_lm("language_model."), alt_prefixes=_GEMMA3_PREFIXES,
              norm_kind="rms_unit", act="gelu_tanh", post_attn_norm="pre_feedforward_layernorm",
              attn_out_norm="post_attention_layernorm", mlp_out_norm="post_feedforward_layernorm",

@@ -111,7 +111,8 @@ class BaseAWQForCausalLM:
         self.config = config
         self.ckpt = ckpt
         self.spec = _resolve_spec(type(self).spec, config, ckpt)
-        self.cfg = ModelConfig.from_dict(config, self.spec.config_adapter)
+        self.cfg = ModelConfig.from_dict(config, self.spec.config_adapter, default_act=self.spec.act,
+                                         default_eps=1e-5 if self.spec.norm_kind == "layernorm" else 1e-6)
         self.plans = [self.spec.plan(self.cfg, i) for i in range(self.cfg.num_layers)]
         self.is_quantized = is_quantized
         self.quant_config = quant_config
@@ -174,6 +175,12 @@ class BaseAWQForCausalLM:
         if len(ck.shape(spec.embed)) != 2:
             raise ValueError(f"{spec.embed} must be 2-D, got shape {ck.shape(spec.embed)}")
         V, D = ck.shape(spec.embed)
+        from awq.models.config import text_config
+
+        tie = self.config.get("tie_word_embeddings", text_config(self.config).get("tie_word_embeddings"))
+        if spec.lm_head not in ck and tie is False:  # an absent key means the class default (often tied)
+            raise ValueError(f"{self.model_path}: missing tensor {spec.lm_head} (config.json says the head is not "
+                             "tied to the embeddings)")
         if D != self.cfg.hidden_size:
             raise ValueError(f"{spec.embed} has hidden size {D}, config says {self.cfg.hidden_size}")
         for i in sorted({0, self.cfg.num_layers - 1}):

@@ -151,7 +151,10 @@ class ModelConfig:
     original_max_position_embeddings: Optional[int] = None  # longrope (Phi-3, MiniCPM3)
 
     @classmethod
-    def from_dict(cls, cfg: dict, adapter=None) -> "ModelConfig":
+    def from_dict(cls, cfg: dict, adapter=None, default_act: str = "silu",
+                  default_eps: float = 1e-6) -> "ModelConfig":
+        """cfg: config.json; adapter: the architecture row's key renaming; default_act / default_eps:
+        what the architecture uses when config.json names no activation / eps."""
         if not isinstance(cfg, dict):
             raise ConfigError("config.json must hold a JSON object")
         model_type = cfg.get("model_type")
@@ -180,6 +183,9 @@ class ModelConfig:
         rope_dim = mla["qk_rope_head_dim"] if mla else head_dim
         if rope_dim % 2:
             raise ConfigError(f"config.json: head_dim must be even for rotary embeddings, got {head_dim}")
+        rp = text.get("rope_parameters") if isinstance(text.get("rope_parameters"), dict) else {}
+        if "partial_rotary_factor" not in text and "partial_rotary_factor" in rp:  # transformers 5 configs
+            text = dict(text, partial_rotary_factor=rp["partial_rotary_factor"])
         partial = _float(text, "partial_rotary_factor", 1.0)
         if partial > 1:
             raise ConfigError(f"config.json: partial_rotary_factor must be in (0, 1], got {partial}")
@@ -216,7 +222,7 @@ class ModelConfig:
                 eps = _float(text, key)  # > 0: a zero eps divides by zero on an all-zero row
                 break
         act_name = text.get("hidden_act", None)
-        act = "silu" if act_name is None else ACTIVATIONS.get(act_name)
+        act = ACTIVATIONS.get(default_act, default_act) if act_name is None else ACTIVATIONS.get(act_name)
         if act is None:
             raise ConfigError(f"config.json: activation {act_name!r} isn't supported yet "
                               f"(supported: {sorted(ACTIVATIONS)})")
@@ -240,7 +246,7 @@ class ModelConfig:
             num_kv_heads=kv,
             head_dim=head_dim,
             vocab_size=_int(text, "vocab_size"),
-            rms_norm_eps=1e-6 if eps is None else eps,
+            rms_norm_eps=default_eps if eps is None else eps,
             rope_theta=theta,
             rotary_dim=rot,
             rope_scaling=scaling,

@@ -282,8 +282,9 @@ class ArchSpec:
             groups.append(ScaleGroup(s.kv_a_norm, (s.kv_b,), s.kv_b))
         elif s.qkv is None:
             groups.append(ScaleGroup(s.v, (s.o,), s.o, only_if_same_shape=True))
-        elif s.qkv_layout == "concat":
-            # v is the last rows of the fused linear (AutoAWQ's Phi-3 / Qwen rule)
+        elif s.qkv_layout == "concat" and not cfg.clip_qkv:
+            # v is the last rows of the fused linear (AutoAWQ's Phi-3 / Qwen rule); not under MPT's
+            # clip_qkv, which clamps v before o sees it (clamp(v / s) * s != clamp(v))
             groups.append(ScaleGroup(s.qkv, (s.o,), s.o, only_if_same_shape=True))
         if s.block != "parallel":  # MoE: router + every expert's gate/up, the whole MoE block inspected
             groups.append(ScaleGroup(s.post_attn_norm, mlp_in, "mlp"))

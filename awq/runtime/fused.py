@@ -66,6 +66,11 @@ class FusedGpuLM:
             raise ValueError(f"the fused runtime runs in float16 or bfloat16, not {self.dt.name}")
         if not spec.fusable or cfg.act != "silu":
             raise NotFusable(f"model type {spec.model_type!r} / activation {cfg.act!r}")
+        kind = (cfg.rope_scaling or {}).get("rope_type", (cfg.rope_scaling or {}).get("type", "default"))
+        if cfg.rope_attention_factor() != 1.0 or kind in ("dynamic", "longrope", "su"):
+            raise NotFusable(f"rope scaling {kind!r} (attention factor or length-dependent frequencies)")
+        if cfg.layer_types and len({cfg.layer_window(i) for i in range(cfg.num_layers)}) > 1:
+            raise NotFusable("per-layer sliding windows")
         self._keep = []  # device tensors the decoder points into
         self._staging = []  # checkpoint-layout qweights, until their repack has run
         c = cfg

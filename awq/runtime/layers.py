@@ -298,12 +298,15 @@ def route(cfg, logits: np.ndarray, bias: Optional[np.ndarray]):
         keep = np.argsort(-gs, axis=1, kind="stable")[:, :tg]
         mask = np.zeros(gs.shape, dtype=bool)
         np.put_along_axis(mask, keep, True, axis=1)
-        choice = np.where(np.repeat(mask, E // ng, axis=1), choice, 0.0)  # as HF: masked experts score 0
+        choice = np.where(np.repeat(mask, E // ng, axis=1), choice, -np.inf)  # experts of dropped groups
     idx = np.argsort(-choice, axis=1, kind="stable")[:, :k]
     w = np.take_along_axis(scores, idx, axis=1)
     if m["norm_topk_prob"]:
         w = w / (w.sum(axis=1, keepdims=True) + (1e-20 if m["scoring"] == "sigmoid" else 0.0))
-    w = w * m["routed_scaling_factor"]
+        if m.get("scale_after_norm", True):
+            w = w * m["routed_scaling_factor"]
+    else:
+        w = w * m["routed_scaling_factor"]
     return idx, w.astype(np.float32)
 
 
@@ -330,6 +333,7 @@ def moe_forward(spec, cfg, plan, W: Dict, h, capture: Optional[Dict] = None, ops
             y = _gated(W, g, u, d, plan, xe, cfg.act, None, ops)
         np.add.at(out, rows, y * wts[rows, slot][:, None])
     if mp.shared:
+        _cap(capture, plan, mp.shared[0], h)
         out += _gated(W, *mp.shared, plan, h, cfg.act, capture, ops)
     return out
 
