@@ -817,3 +817,63 @@ def scale(a: GpuTensor, s: float, stream=None) -> GpuTensor:
     """a * s (a scalar) as a new tensor."""
     K = a.shape[-1]
     return scale_cols(a, np.full(K, s, np.float32), stream=stream)
+
+
+def to_host(t) -> np.ndarray:
+    """A GpuTensor as a host float32 array (host arrays pass through)."""
+    return t.to(float32).to_numpy() if isinstance(t, GpuTensor) else np.asarray(t, np.float32)
+
+
+def zeros_like(t: GpuTensor) -> GpuTensor:
+    return zeros(t.shape, t.dtype, t.device)
+
+
+def _row_index(op: str, idx, M: int, device: int, distinct: bool = False) -> GpuTensor:
+    a = np.ascontiguousarray(idx, np.int64).ravel()
+    if a.size and (a.min() < 0 or a.max() >= M):
+        raise IndexError(f"{op}: row index {int(a[(a < 0) | (a >= M)][0])} is outside [0, {M})")
+    if distinct and np.unique(a).size != a.size:
+        raise ValueError(f"{op}: indices must be distinct")
+    return from_numpy(a, device)
+
+
+def index_rows(src: GpuTensor, idx, stream=None) -> GpuTensor:
+    """src[idx] for src [M, K] and host int indices [n] -> [n, K] (MoE: an expert's tokens)."""
+    _check_tensor("index_rows src", src, FLOATS, ndim=2)
+    M, K = src.shape
+    d_idx = _row_index("index_rows", idx, M, src.device)
+    n = d_idx.shape[0]
+    out = empty((n, K), src.dtype, src.device, what="gathered rows")
+    C.cuda_index_rows(src.context.handle, src.dtype.code, src.ptr, M, d_idx.ptr, n, K, out.ptr, _stream(stream))
+    return out
+
+
+def index_add_rows_(dst: GpuTensor, idx, src: GpuTensor, w=None, stream=None) -> GpuTensor:
+    """dst[idx[i]] += w[i] * src[i] in fp32 (host int indices, distinct; w host floats or None)."""
+    _check_tensor("index_add_rows dst", dst, FLOATS, ndim=2)
+    _check_tensor("index_add_rows src", src, (dst.dtype,), ndim=2, device=dst.device)
+    dst._check_writable("index_add_rows_")
+    M, K = dst.shape
+    d_idx = _row_index("index_add_rows", idx, M, dst.device, distinct=True)
+    n = d_idx.shape[0]
+    if src.shape != (n, K):
+        raise ValueError(f"index_add_rows: src {src.shape}, expected {(n, K)}")
+    wp = 0
+    if w is not None:
+        w = _param_f32("index_add_rows", "w", np.asarray(w, np.float32).ravel(), (n,), dst.device)
+        wp = w.ptr
+    C.cuda_index_add_rows(dst.context.handle, dst.dtype.code, dst.ptr, M, d_idx.ptr, src.ptr, wp, n, K,
+                          _stream(stream))
+    return dst
+
+
+def concat_rows(parts) -> GpuTensor:
+    """[n_i, K] tensors -> one [sum n_i, K] tensor."""
+    parts = list(parts)
+    K = parts[0].shape[1]
+    out = empty((sum(p.shape[0] for p in parts), K), parts[0].dtype, parts[0].device, what="concatenated rows")
+    r = 0
+    for p in parts:
+        rows(out, r, r + p.shape[0]).copy_(p)
+        r += p.shape[0]
+    return out

@@ -1584,6 +1584,50 @@ done:
     return res;
 }
 
+PyDoc_STRVAR(cuda_index_rows_doc,
+             "cuda_index_rows(ctx, dt, src, M, idx, n, K, dst, stream): dst[i] = src[idx[i]] (rows of K).");
+static PyObject *py_cuda_index_rows(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *cap, *res = NULL;
+    int dt;
+    unsigned long long src, idx, dst, stream;
+    long long M, n, K;
+    awq_err err = {{0}};
+    if (!PyArg_ParseTuple(args, "OiKLKLLKK:cuda_index_rows", &cap, &dt, &src, &M, &idx, &n, &K, &dst, &stream))
+        return NULL;
+    awq_cuda_ctx *ctx = ctx_of(cap);
+    if (!ctx) return NULL;
+    CUDA_CALL(awq_cuda_index_rows(ctx, dt, PTR(src), M, (const int64_t *)PTR(idx), n, K, PTR(dst), PTR(stream),
+                                  &err));
+    Py_INCREF(Py_None);
+    res = Py_None;
+done:
+    return res;
+}
+
+PyDoc_STRVAR(cuda_index_add_rows_doc,
+             "cuda_index_add_rows(ctx, dt, dst, M, idx, src, w_f32_or_0, n, K, stream):\n"
+             "dst[idx[i]] += w[i] * src[i] (distinct indices).");
+static PyObject *py_cuda_index_add_rows(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *cap, *res = NULL;
+    int dt;
+    unsigned long long dst, idx, src, w, stream;
+    long long M, n, K;
+    awq_err err = {{0}};
+    if (!PyArg_ParseTuple(args, "OiKLKKKLLK:cuda_index_add_rows", &cap, &dt, &dst, &M, &idx, &src, &w, &n, &K,
+                          &stream))
+        return NULL;
+    awq_cuda_ctx *ctx = ctx_of(cap);
+    if (!ctx) return NULL;
+    CUDA_CALL(awq_cuda_index_add_rows(ctx, dt, PTR(dst), M, (const int64_t *)PTR(idx), PTR(src),
+                                      (const float *)PTR(w), n, K, PTR(stream), &err));
+    Py_INCREF(Py_None);
+    res = Py_None;
+done:
+    return res;
+}
+
 PyDoc_STRVAR(cuda_weight_mean_doc,
              "cuda_weight_mean(ctx, dt, w, N, K, g, acc, stream): acc[K] (float64) += the w_mean sums.");
 static PyObject *py_cuda_weight_mean(PyObject *self, PyObject *args) {
@@ -1808,7 +1852,8 @@ done:
         {"cuda_add", py_cuda_add, METH_VARARGS, cuda_binary_doc}, METH_V(cuda_abs_mean),           \
         METH_V(cuda_cast), METH_V(cuda_copy_strided), METH_V(cuda_linear),                         \
         METH_V(cuda_pseudo_quantize), METH_V(cuda_clip_search), METH_V(cuda_scale_cols),          \
-        METH_V(cuda_sq_diff_sum), METH_V(cuda_scale_rows), METH_V(cuda_weight_mean),                \
+        METH_V(cuda_sq_diff_sum), METH_V(cuda_scale_rows), METH_V(cuda_index_rows), METH_V(cuda_index_add_rows),   \
+        METH_V(cuda_weight_mean),                \
         METH_V(cuda_clamp_groups), METH_V(cuda_quantize_gemm),
 #else
 #define AWQ_CUDA_OPS_METHODS

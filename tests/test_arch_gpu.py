@@ -1,8 +1,8 @@
 """Every architecture fixture on the GPU (skipped without a CUDA device): the float forward against
 transformers' logits, the quantized runtime against the CPU runtime on the same checkpoint, and the
-GPU quantizer against the CPU quantizer. MoE / MLA models (and MPT clip_qkv, Cohere per-head q/k
-norms) run on the CPU with a note; for them the test checks that the note is printed and the answer
-is the CPU one."""
+GPU quantizer against the CPU quantizer. MLA models (and MPT clip_qkv, per-head q/k LayerNorms) run
+on the CPU with a note; for them the test checks that the note is printed and the answer is the CPU
+one. MoE models route on the host and run their experts on the GPU (gather / scatter-add ops)."""
 from pathlib import Path
 
 import numpy as np
@@ -81,3 +81,32 @@ def test_fused_decoder_only_runs_what_it_covers(variant, tmp_path, capsys):
     assert fused == (variant == "llama_rope_llama3"), capsys.readouterr().out
     got = np.asarray(g.generate(ids, max_new_tokens=6, do_sample=False, eos_token_id=-1))
     assert (got[0, :6] == ids[0]).all() and np.mean(got == want) >= 0.9
+
+
+def test_gpu_row_gather_and_scatter_add():
+    from awq import gpu
+
+    rng = np.random.default_rng(0)
+    for dt, tol in (("float32", 1e-6), ("float16", 2e-3), ("bfloat16", 2e-2)):
+        src = rng.normal(size=(13, 37)).astype(np.float32)
+        idx = np.array([12, 0, 5, 5, 7])
+        t = gpu.from_numpy(src).to(dt)
+        got = gpu.to_host(gpu.index_rows(t, idx))
+        np.testing.assert_allclose(got, src[idx], rtol=tol, atol=tol * 4)
+        dst = rng.normal(size=(13, 37)).astype(np.float32)
+        rows = np.array([3, 11, 0])
+        upd = rng.normal(size=(3, 37)).astype(np.float32)
+        w = np.array([0.5, -2.0, 1.25], np.float32)
+        d = gpu.from_numpy(dst).to(dt)
+        gpu.index_add_rows_(d, rows, gpu.from_numpy(upd).to(dt), w)
+        want = dst.copy()
+        want[rows] += upd * w[:, None]
+        np.testing.assert_allclose(gpu.to_host(d), want, rtol=tol * 4, atol=tol * 16)
+        parts = [gpu.from_numpy(src[:4]).to(dt), gpu.from_numpy(src[4:])]
+        parts[1] = parts[1].to(dt)
+        np.testing.assert_allclose(gpu.to_host(gpu.concat_rows(parts)), src, rtol=tol, atol=tol * 4)
+    t = gpu.from_numpy(np.zeros((4, 8), np.float32))
+    with pytest.raises(IndexError, match="outside"):
+        gpu.index_rows(t, [0, 4])
+    with pytest.raises(ValueError, match="distinct"):
+        gpu.index_add_rows_(t, [1, 1], gpu.from_numpy(np.zeros((2, 8), np.float32)))

@@ -327,11 +327,11 @@ class BaseAWQForCausalLM:
 
     def gpu_supported(self) -> bool:
         """Whether the GPU layer-by-layer runtime and the GPU quantizer cover this model's block: every
-        dense block kind (norms, fused qkv layouts, RoPE / ALiBi / learned positions, soft-capping,
-        gated / fused / plain MLPs). MoE routing, MLA, MPT's clip_qkv and Cohere's per-head q/k
-        LayerNorm run on the CPU."""
+        block kind (norms, fused qkv layouts, RoPE / ALiBi / learned positions, soft-capping, gated /
+        fused / plain MLPs, MoE with host-side routing) except MLA, MPT's clip_qkv and per-head q/k
+        LayerNorms, which run on the CPU."""
         s, c = self.spec, self.cfg
-        return s.mlp != "moe" and s.attn == "mha" and not c.clip_qkv and not s.qk_norm_per_head
+        return s.attn == "mha" and not c.clip_qkv and not s.qk_norm_per_head
 
     def _run_device(self) -> str:
         if self.run_device.startswith("cuda") and not self.gpu_supported():

@@ -357,7 +357,7 @@ class AwqQuantizer:
                     feats[name] = be.empty((nb * T, a.shape[1]))
                 be.set_rows(feats[name], b0 * T, b1 * T, a)
         for name, lst in parts.items():
-            feats[name] = lst[0] if len(lst) == 1 else np.concatenate(lst)
+            feats[name] = lst[0] if len(lst) == 1 else be.ops.concat_rows(lst)
         return out
 
     def _awq_layer(self, i: int, tensors: Dict[str, np.ndarray], x, report: LayerReport):

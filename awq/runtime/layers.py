@@ -91,6 +91,27 @@ class CpuOps:
         return a * np.float32(s)
 
     @staticmethod
+    def to_host(a) -> np.ndarray:
+        return np.asarray(a, np.float32)
+
+    zeros_like = staticmethod(np.zeros_like)
+
+    @staticmethod
+    def index_rows(src, idx):
+        """src[idx] (rows), contiguous."""
+        return np.ascontiguousarray(src[idx])
+
+    @staticmethod
+    def index_add_rows_(dst, idx, src, w=None):
+        """dst[idx[i]] += w[i] * src[i]; the indices of one call are distinct."""
+        dst[idx] += src if w is None else src * np.asarray(w, np.float32)[:, None]
+        return dst
+
+    @staticmethod
+    def concat_rows(parts):
+        return np.concatenate(parts)
+
+    @staticmethod
     def split_cols(y, F: int):
         """y [M, 2F] -> contiguous (y[:, :F], y[:, F:])."""
         return np.ascontiguousarray(y[:, :F]), np.ascontiguousarray(y[:, F:])
@@ -315,15 +336,15 @@ def moe_forward(spec, cfg, plan, W: Dict, h, capture: Optional[Dict] = None, ops
     An expert that receives no token is skipped (and captures nothing)."""
     mp = plan.moe
     _cap(capture, plan, mp.router, h)
-    logits = W[mp.router](h)
-    logits = np.asarray(logits, np.float32)
-    idx, wts = route(cfg, logits, W.get(mp.router_bias) if mp.router_bias else None)
-    out = np.zeros_like(h, dtype=np.float32)
+    logits = ops.to_host(W[mp.router](h))  # routing runs on the host, in float64
+    bias = ops.to_host(W[mp.router_bias]) if mp.router_bias else None
+    idx, wts = route(cfg, logits, bias)
+    out = ops.zeros_like(h)
     for e, (g, u, d) in enumerate(mp.experts):
         rows, slot = np.nonzero(idx == e)
         if rows.size == 0:
             continue
-        xe = np.ascontiguousarray(h[rows])
+        xe = ops.index_rows(h, rows)
         if capture is not None:
             capture.setdefault(plan.feat_key[g], []).append(xe)
             sub: Dict = {}
@@ -331,10 +352,10 @@ def moe_forward(spec, cfg, plan, W: Dict, h, capture: Optional[Dict] = None, ops
             capture.setdefault(plan.feat_key[d], []).append(sub[plan.feat_key[d]])
         else:
             y = _gated(W, g, u, d, plan, xe, cfg.act, None, ops)
-        np.add.at(out, rows, y * wts[rows, slot][:, None])
+        ops.index_add_rows_(out, rows, y, wts[rows, slot])
     if mp.shared:
         _cap(capture, plan, mp.shared[0], h)
-        out += _gated(W, *mp.shared, plan, h, cfg.act, capture, ops)
+        out = ops.add(out, _gated(W, *mp.shared, plan, h, cfg.act, capture, ops))
     return out
 
 

@@ -1371,6 +1371,58 @@ extern "C" int awq_cuda_copy_strided(awq_cuda_ctx *ctx, int elem_size, const voi
     return launch_check("copy_strided_kernel", err);
 }
 
+/* ---------------------------------------------------------------- row gather / scatter-add (MoE) */
+
+/* dst[i, :] = src[idx[i], :], i < n. Indices outside [0, M) leave the row untouched (the Python
+ * wrapper refuses them before the launch). */
+template <typename T>
+__global__ void index_rows_kernel(const T *src, int64_t M, const int64_t *idx, T *dst, int64_t n, int64_t K) {
+    const int64_t total = n * K;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t r = idx[i / K];
+        if (r >= 0 && r < M) dst[i] = src[r * K + i % K];
+    }
+}
+
+/* dst[idx[i], :] += w[i] * src[i, :] in fp32 (w NULL: 1). The indices of one call are distinct (one
+ * expert sees a token once), so no two threads write one element. */
+template <typename T>
+__global__ void index_add_rows_kernel(T *dst, int64_t M, const int64_t *idx, const T *src, const float *w,
+                                      int64_t n, int64_t K) {
+    const int64_t total = n * K;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t row = i / K, r = idx[row];
+        if (r < 0 || r >= M) continue;
+        T *d = dst + r * K + i % K;
+        *d = from_f<T>(to_f(*d) + (w ? w[row] : 1.0f) * to_f(src[i]));
+    }
+}
+
+extern "C" int awq_cuda_index_rows(awq_cuda_ctx *ctx, int dt, const void *src, int64_t M, const int64_t *idx,
+                                   int64_t n, int64_t K, void *dst, void *stream, awq_err *err) {
+    int st = check_nonneg("index_rows", n, K, err);
+    if (st || n * K == 0) return st;
+    if ((st = awq_cuda_ctx_activate(ctx, err))) return st;
+    DISPATCH_FLOAT("index_rows", dt, T,
+                   index_rows_kernel<T><<<grid_for(n * K, 256), 256, 0, (gpuStream_t)stream>>>(
+                       (const T *)src, M, idx, (T *)dst, n, K));
+    return launch_check("index_rows_kernel", err);
+}
+
+extern "C" int awq_cuda_index_add_rows(awq_cuda_ctx *ctx, int dt, void *dst, int64_t M, const int64_t *idx,
+                                       const void *src, const float *w, int64_t n, int64_t K, void *stream,
+                                       awq_err *err) {
+    int st = check_nonneg("index_add_rows", n, K, err);
+    if (st || n * K == 0) return st;
+    if ((st = awq_cuda_ctx_activate(ctx, err))) return st;
+    DISPATCH_FLOAT("index_add_rows", dt, T,
+                   index_add_rows_kernel<T><<<grid_for(n * K, 256), 256, 0, (gpuStream_t)stream>>>(
+                       (T *)dst, M, idx, (const T *)src, w, n, K));
+    return launch_check("index_add_rows_kernel", err);
+}
+
 /* ---------------------------------------------------------------- AWQ search helpers */
 
 /* y[m, c] = x[m, c] * s[c] (or / s[c] when inverse): applies or undoes an AWQ input-channel scale

@@ -265,6 +265,12 @@ int awq_cuda_scale_cols(awq_cuda_ctx *ctx, int dt, const void *x, const float *s
                         int64_t K, int inverse, void *stream, awq_err *err);
 
 /* y[M,K] = x[M,K] * s[M] (inverse: / s[M]): row m scaled by s[m]; as scale_cols otherwise. */
+/* dst[i, :] = src[idx[i], :] for i < n; src [M, K], dst [n, K], idx int64 on the device. */
+int awq_cuda_index_rows(awq_cuda_ctx *ctx, int dt, const void *src, int64_t M, const int64_t *idx, int64_t n,
+                        int64_t K, void *dst, void *stream, awq_err *err);
+/* dst[idx[i], :] += w[i] * src[i, :] (w NULL: 1) in fp32; distinct indices; dst [M, K], src [n, K]. */
+int awq_cuda_index_add_rows(awq_cuda_ctx *ctx, int dt, void *dst, int64_t M, const int64_t *idx, const void *src,
+                            const float *w, int64_t n, int64_t K, void *stream, awq_err *err);
 int awq_cuda_scale_rows(awq_cuda_ctx *ctx, int dt, const void *x, const float *s, void *y, int64_t M,
                         int64_t K, int inverse, void *stream, awq_err *err);
 
