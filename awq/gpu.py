@@ -877,3 +877,30 @@ def concat_rows(parts) -> GpuTensor:
         rows(out, r, r + p.shape[0]).copy_(p)
         r += p.shape[0]
     return out
+
+
+def concat_cols(x: GpuTensor, y: GpuTensor, y_group: int = 1, stream=None) -> GpuTensor:
+    """[x | y] along the last axis: x [M, a], y [M / y_group, b] (row i takes y's row i // y_group,
+    so one y row can serve a group of x rows) -> [M, a + b]."""
+    _check_tensor("concat_cols x", x, FLOATS, ndim=2)
+    _check_tensor("concat_cols y", y, (x.dtype,), ndim=2, device=x.device)
+    M, a = x.shape
+    if y_group < 1 or M % y_group or y.shape[0] != M // y_group:
+        raise ValueError(f"concat_cols: y {y.shape} does not give one row per {y_group} of x's {M} rows")
+    b = y.shape[1]
+    out = empty((M, a + b), x.dtype, x.device, what="concatenated columns")
+    C.cuda_concat_cols(x.context.handle, x.dtype.code, x.ptr, y.ptr, out.ptr, M, a, b, y_group, _stream(stream))
+    return out
+
+
+def clamp_(x: GpuTensor, c: float, stream=None) -> GpuTensor:
+    """x clipped to [-c, c] in place (MPT's clip_qkv)."""
+    M, N = x.size // x.shape[-1], x.shape[-1]
+    x2 = x.reshape(M, N)
+    clamp_groups(x2, np.full((M, 1), c, np.float32), N, out=x2, stream=stream)
+    return x
+
+
+def mul_cols(x: GpuTensor, w, stream=None) -> GpuTensor:
+    """x [..., K] * w [K] (a new tensor)."""
+    return scale_cols(x, np.asarray(w, np.float32).ravel() if not isinstance(w, GpuTensor) else w, stream=stream)

@@ -1628,6 +1628,26 @@ done:
     return res;
 }
 
+PyDoc_STRVAR(cuda_concat_cols_doc,
+             "cuda_concat_cols(ctx, dt, x, y, out, M, a, b, y_group, stream): out[i] = [x[i] | y[i / y_group]].");
+static PyObject *py_cuda_concat_cols(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *cap, *res = NULL;
+    int dt;
+    unsigned long long x, y, out, stream;
+    long long M, a, b, grp;
+    awq_err err = {{0}};
+    if (!PyArg_ParseTuple(args, "OiKKKLLLLK:cuda_concat_cols", &cap, &dt, &x, &y, &out, &M, &a, &b, &grp, &stream))
+        return NULL;
+    awq_cuda_ctx *ctx = ctx_of(cap);
+    if (!ctx) return NULL;
+    CUDA_CALL(awq_cuda_concat_cols(ctx, dt, PTR(x), PTR(y), PTR(out), M, a, b, grp, PTR(stream), &err));
+    Py_INCREF(Py_None);
+    res = Py_None;
+done:
+    return res;
+}
+
 PyDoc_STRVAR(cuda_weight_mean_doc,
              "cuda_weight_mean(ctx, dt, w, N, K, g, acc, stream): acc[K] (float64) += the w_mean sums.");
 static PyObject *py_cuda_weight_mean(PyObject *self, PyObject *args) {
@@ -1853,7 +1873,7 @@ done:
         METH_V(cuda_cast), METH_V(cuda_copy_strided), METH_V(cuda_linear),                         \
         METH_V(cuda_pseudo_quantize), METH_V(cuda_clip_search), METH_V(cuda_scale_cols),          \
         METH_V(cuda_sq_diff_sum), METH_V(cuda_scale_rows), METH_V(cuda_index_rows), METH_V(cuda_index_add_rows),   \
-        METH_V(cuda_weight_mean),                \
+        METH_V(cuda_concat_cols), METH_V(cuda_weight_mean),                \
         METH_V(cuda_clamp_groups), METH_V(cuda_quantize_gemm),
 #else
 #define AWQ_CUDA_OPS_METHODS

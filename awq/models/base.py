@@ -325,23 +325,6 @@ class BaseAWQForCausalLM:
         out["lm_head"] = make_linear(w, ck.get_float32(hb) if hb in ck else None)
         return out
 
-    def gpu_supported(self) -> bool:
-        """Whether the GPU layer-by-layer runtime and the GPU quantizer cover this model's block: every
-        block kind (norms, fused qkv layouts, RoPE / ALiBi / learned positions, soft-capping, gated /
-        fused / plain MLPs, MoE with host-side routing) except MLA, MPT's clip_qkv and per-head q/k
-        LayerNorms, which run on the CPU."""
-        s, c = self.spec, self.cfg
-        return s.attn == "mha" and not c.clip_qkv and not s.qk_norm_per_head
-
-    def _run_device(self) -> str:
-        if self.run_device.startswith("cuda") and not self.gpu_supported():
-            if not getattr(self, "_cpu_note", False):
-                print(f"awq: the GPU runtime does not cover {self.spec.model_type!r} blocks yet; running on the CPU",
-                      file=sys.stderr, flush=True)
-                self._cpu_note = True
-            return "cpu"
-        return self.run_device
-
     def runtime(self) -> DecoderLM:
         if self._runtime is None:
             spec, ck, cfg = self.spec, self.ckpt, self.cfg
@@ -352,7 +335,7 @@ class BaseAWQForCausalLM:
                 get_layer = layers.__getitem__
             else:
                 get_layer = self._float_layer
-            if self._run_device().startswith("cuda"):
+            if self.run_device.startswith("cuda"):
                 from awq._backend import cuda_index
                 from awq.runtime.gpu_model import GpuDevice, gpu_layers
 
@@ -393,7 +376,7 @@ class BaseAWQForCausalLM:
         """The fused GPU runtime (awq/runtime/fused.py) for a quantized model on cuda with
         fuse_layers (the default); otherwise, or when the model has something the fused runtime
         does not cover (printed once), the layer-by-layer runtime()."""
-        if not (self.is_quantized and self.fuse_layers and self._run_device().startswith("cuda")
+        if not (self.is_quantized and self.fuse_layers and self.run_device.startswith("cuda")
                 and self.spec.fusable):
             return self.runtime()
         if self._fused is None:

@@ -132,10 +132,6 @@ class AwqQuantizer:
         if not (isinstance(device, str) and device.startswith("cuda")):
             raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {device!r}")
         if calib_dtype is None:
-            if not self.awq_model.gpu_supported():
-                print(f"awq: the GPU quantizer does not cover {self.spec.model_type!r} blocks yet; "
-                      "quantizing on the CPU", flush=True)
-                return CpuBackend()
             first = next(iter(self.awq_model.plans[0].linears))
             stored = self.awq_model.ckpt.dtype(self.spec.layer_prefix(0) + first + ".weight")
             calib_dtype = {"F16": "float16", "BF16": "bfloat16"}.get(stored, "float32")

@@ -74,8 +74,8 @@ class GpuDevice:
             g.rows(out, b, b + 1).copy_(g.rows(h2, b * T + T - 1, b * T + T))
         return out.reshape(B, 1, D)
 
-    def new_cache(self, num_layers, batch, max_len, kv_heads, head_dim):
-        return GpuKVCache(self, num_layers, batch, max_len, kv_heads, head_dim)
+    def new_cache(self, num_layers, batch, max_len, kv_heads, head_dim, v_dim=None):
+        return GpuKVCache(self, num_layers, batch, max_len, kv_heads, head_dim, v_dim)
 
     # ---- modules ----------------------------------------------------------------------------
     def norm(self, w: np.ndarray):
@@ -123,20 +123,20 @@ class GpuAWQLinear:
 class GpuKVCache:
     """Keys and values [B, max_len, Hkv, d] per layer in device memory (activation dtype)."""
 
-    def __init__(self, dev: GpuDevice, num_layers, batch, max_len, kv_heads, head_dim):
+    def __init__(self, dev: GpuDevice, num_layers, batch, max_len, kv_heads, head_dim, v_dim=None):
         g = dev.gpu
-        shape = (batch, max_len, kv_heads, head_dim)
-        self.k = [g.zeros(shape, dev.dt, dev.index) for _ in range(num_layers)]
-        self.v = [g.zeros(shape, dev.dt, dev.index) for _ in range(num_layers)]
+        v_dim = v_dim or head_dim
+        self.k = [g.zeros((batch, max_len, kv_heads, head_dim), dev.dt, dev.index) for _ in range(num_layers)]
+        self.v = [g.zeros((batch, max_len, kv_heads, v_dim), dev.dt, dev.index) for _ in range(num_layers)]
         self.dev, self.batch, self.max_len, self.length = dev, batch, max_len, 0
-        self.row = kv_heads * head_dim
 
     def write(self, layer_idx: int, pos0: int, k, v):
         g = self.dev.gpu
         B, T = k.shape[0], k.shape[1]
         for dst, src in ((self.k[layer_idx], k), (self.v[layer_idx], v)):
-            d2 = dst.reshape(B * self.max_len, self.row)
-            s2 = src.reshape(B * T, self.row)
+            row = dst.shape[2] * dst.shape[3]
+            d2 = dst.reshape(B * self.max_len, row)
+            s2 = src.reshape(B * T, row)
             for b in range(B):
                 g.rows(d2, b * self.max_len + pos0, b * self.max_len + pos0 + T).copy_(
                     g.rows(s2, b * T, (b + 1) * T))

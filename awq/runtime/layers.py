@@ -112,6 +112,19 @@ class CpuOps:
         return np.concatenate(parts)
 
     @staticmethod
+    def concat_cols(x, y, y_group: int = 1):
+        """[x | y] along the last axis, x [M, a], y [M / y_group, b] (each y row serves y_group rows)."""
+        return np.concatenate([x, np.repeat(y, y_group, axis=0) if y_group > 1 else y], axis=1)
+
+    @staticmethod
+    def clamp_(x, c: float):
+        return np.clip(x, -c, c, out=x)
+
+    @staticmethod
+    def mul_cols(x, w):
+        return x * np.asarray(w, np.float32).reshape(-1)
+
+    @staticmethod
     def split_cols(y, F: int):
         """y [M, 2F] -> contiguous (y[:, :F], y[:, F:])."""
         return np.ascontiguousarray(y[:, :F]), np.ascontiguousarray(y[:, F:])
@@ -223,14 +236,16 @@ def attn_forward(spec, cfg, plan, W: Dict, h, B: int, T: int, ropes, q_pos0: int
         _cap(capture, plan, spec.qkv, h)
         y = W[spec.qkv](h)
         if cfg.clip_qkv:
-            np.clip(y, -cfg.clip_qkv, cfg.clip_qkv, out=y)
+            ops.clamp_(y, cfg.clip_qkv)
         q, k, v = ops.split_qkv(y, spec.qkv_layout, Hq, Hkv, d)
     else:
         _cap(capture, plan, spec.q, h)
         q, k, v = W[spec.q](h), W[spec.k](h), W[spec.v](h)
-    if spec.qk_norm_per_head:  # a LayerNorm per head, each with its own weight [H, d] (Cohere)
-        q = ops.layernorm(q.reshape(-1, d), None, None, cfg.rms_norm_eps).reshape(M, Hq, d) * W[spec.q_norm]
-        k = ops.layernorm(k.reshape(-1, d), None, None, cfg.rms_norm_eps).reshape(M, Hkv, d) * W[spec.k_norm]
+    if spec.qk_norm_per_head:  # a LayerNorm per head, each with its own weight [H, d] (Cohere, StableLM-2)
+        q = ops.mul_cols(ops.layernorm(q.reshape(-1, d), None, None, cfg.rms_norm_eps).reshape(M, Hq * d),
+                         W[spec.q_norm])
+        k = ops.mul_cols(ops.layernorm(k.reshape(-1, d), None, None, cfg.rms_norm_eps).reshape(M, Hkv * d),
+                         W[spec.k_norm])
     elif spec.q_norm:
         q = norm(spec, cfg, W, spec.q_norm, q.reshape(-1, d), ops)
         k = norm(spec, cfg, W, spec.k_norm, k.reshape(-1, d), ops)
@@ -240,8 +255,8 @@ def attn_forward(spec, cfg, plan, W: Dict, h, B: int, T: int, ropes, q_pos0: int
     if spec.position in ("rope", "rope_interleaved"):
         cos, sin = ropes[plan.rope_key]
         inter = spec.position == "rope_interleaved"
-        ops.rope_(q, cos, sin, cfg.rotary_dim, interleaved=inter) if inter else ops.rope_(q, cos, sin, cfg.rotary_dim)
-        ops.rope_(k, cos, sin, cfg.rotary_dim, interleaved=inter) if inter else ops.rope_(k, cos, sin, cfg.rotary_dim)
+        ops.rope_(q, cos, sin, cfg.rotary_dim, interleaved=inter)
+        ops.rope_(k, cos, sin, cfg.rotary_dim, interleaved=inter)
     elif spec.position == "alibi":
         alibi = alibi_slopes(cfg.alibi or "bloom", Hq, cfg.alibi_bias_max) * np.float32(cfg.alibi_scale)
     o = _attend(cfg, plan, q.reshape(B, T, Hq, d), k.reshape(B, T, Hkv, d), v.reshape(B, T, Hkv, d),
@@ -265,23 +280,19 @@ def mla_forward(spec, cfg, plan, W: Dict, h, B: int, T: int, ropes, q_pos0: int 
         q = W[spec.q_b](qa)
     else:
         q = W[spec.q](h)
-    q = q.reshape(M, H, nope + rdim)
+    q_nope, q_pe = ops.split_cols(q.reshape(M * H, nope + rdim), nope)
+    q_pe = q_pe.reshape(M, H, rdim)
     kv = W[spec.kv_a](h)
-    c = norm(spec, cfg, W, spec.kv_a_norm, np.ascontiguousarray(kv[:, :rank]), ops)
+    c, k_pe = ops.split_cols(kv, rank)
+    c = norm(spec, cfg, W, spec.kv_a_norm, c, ops)
     _cap(capture, plan, spec.kv_b, c)
-    kvb = W[spec.kv_b](c).reshape(M, H, nope + vdim)
-    q_pe = np.ascontiguousarray(q[:, :, nope:])
-    k_pe = np.ascontiguousarray(kv[:, rank:]).reshape(M, 1, rdim)
+    k_nope, v = ops.split_cols(W[spec.kv_b](c).reshape(M * H, nope + vdim), nope)
+    k_pe = k_pe.reshape(M, 1, rdim)
     cos, sin = ropes[plan.rope_key]
-    if cfg.rope_interleave:
-        ops.rope_(q_pe, cos, sin, cfg.rotary_dim, interleaved=True)
-        ops.rope_(k_pe, cos, sin, cfg.rotary_dim, interleaved=True)
-    else:
-        ops.rope_(q_pe, cos, sin, cfg.rotary_dim)
-        ops.rope_(k_pe, cos, sin, cfg.rotary_dim)
-    qf = np.concatenate([q[:, :, :nope], q_pe], axis=2)
-    kf = np.concatenate([kvb[:, :, :nope], np.broadcast_to(k_pe, (M, H, rdim))], axis=2)
-    v = np.ascontiguousarray(kvb[:, :, nope:])
+    ops.rope_(q_pe, cos, sin, cfg.rotary_dim, interleaved=cfg.rope_interleave)
+    ops.rope_(k_pe, cos, sin, cfg.rotary_dim, interleaved=cfg.rope_interleave)
+    qf = ops.concat_cols(q_nope, q_pe.reshape(M * H, rdim))
+    kf = ops.concat_cols(k_nope, k_pe.reshape(M, rdim), H)  # one rotary key shared by the H heads
     o = _attend(cfg, plan, qf.reshape(B, T, H, nope + rdim), kf.reshape(B, T, H, nope + rdim),
                 v.reshape(B, T, H, vdim), B, T, q_pos0, cache, layer_idx, ops, None)
     _cap(capture, plan, spec.o, o)

@@ -1423,6 +1423,32 @@ extern "C" int awq_cuda_index_add_rows(awq_cuda_ctx *ctx, int dt, void *dst, int
     return launch_check("index_add_rows_kernel", err);
 }
 
+/* out[i, :a] = x[i, :], out[i, a:] = y[i / y_group, :] for i < M (MLA: [k_nope | shared k_pe]). */
+template <typename T>
+__global__ void concat_cols_kernel(const T *x, const T *y, T *out, int64_t M, int64_t a, int64_t b,
+                                   int64_t y_group) {
+    const int64_t w = a + b, total = M * w;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t r = i / w, c = i % w;
+        out[i] = c < a ? x[r * a + c] : y[(r / y_group) * b + (c - a)];
+    }
+}
+
+extern "C" int awq_cuda_concat_cols(awq_cuda_ctx *ctx, int dt, const void *x, const void *y, void *out, int64_t M,
+                                    int64_t a, int64_t b, int64_t y_group, void *stream, awq_err *err) {
+    int st = check_nonneg("concat_cols", M, a + b, err);
+    if (st || M * (a + b) == 0) return st;
+    if (a < 0 || b < 0 || y_group < 1 || M % y_group)
+        return awq_set_err(err, AWQ_ERR_VALUE, "concat_cols: bad widths %lld, %lld or y_group %lld for %lld rows",
+                           (long long)a, (long long)b, (long long)y_group, (long long)M);
+    if ((st = awq_cuda_ctx_activate(ctx, err))) return st;
+    DISPATCH_FLOAT("concat_cols", dt, T,
+                   concat_cols_kernel<T><<<grid_for(M * (a + b), 256), 256, 0, (gpuStream_t)stream>>>(
+                       (const T *)x, (const T *)y, (T *)out, M, a, b, y_group));
+    return launch_check("concat_cols_kernel", err);
+}
+
 /* ---------------------------------------------------------------- AWQ search helpers */
 
 /* y[m, c] = x[m, c] * s[c] (or / s[c] when inverse): applies or undoes an AWQ input-channel scale

@@ -271,6 +271,9 @@ int awq_cuda_index_rows(awq_cuda_ctx *ctx, int dt, const void *src, int64_t M, c
 /* dst[idx[i], :] += w[i] * src[i, :] (w NULL: 1) in fp32; distinct indices; dst [M, K], src [n, K]. */
 int awq_cuda_index_add_rows(awq_cuda_ctx *ctx, int dt, void *dst, int64_t M, const int64_t *idx, const void *src,
                             const float *w, int64_t n, int64_t K, void *stream, awq_err *err);
+/* out [M, a + b] = [x [M, a] | y [M / y_group, b] repeated y_group times]. */
+int awq_cuda_concat_cols(awq_cuda_ctx *ctx, int dt, const void *x, const void *y, void *out, int64_t M, int64_t a,
+                         int64_t b, int64_t y_group, void *stream, awq_err *err);
 int awq_cuda_scale_rows(awq_cuda_ctx *ctx, int dt, const void *x, const float *s, void *y, int64_t M,
                         int64_t K, int inverse, void *stream, awq_err *err);
 
