@@ -903,4 +903,5 @@ def clamp_(x: GpuTensor, c: float, stream=None) -> GpuTensor:
 
 def mul_cols(x: GpuTensor, w, stream=None) -> GpuTensor:
     """x [..., K] * w [K] (a new tensor)."""
-    return scale_cols(x, np.asarray(w, np.float32).ravel() if not isinstance(w, GpuTensor) else w, stream=stream)
+    return scale_cols(x, w.reshape(-1) if isinstance(w, GpuTensor) else np.asarray(w, np.float32).ravel(),
+                      stream=stream)

@@ -357,7 +357,6 @@ class AwqQuantizer:
         return out
 
     def _awq_layer(self, i: int, tensors: Dict[str, np.ndarray], x, report: LayerReport):
-        spec = self.spec
         plan = self.awq_model.plans[i]
         nb, T, D = x.shape
         chunk = self._chunk_blocks(nb, T)
