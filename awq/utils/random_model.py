@@ -200,7 +200,7 @@ def write_random_checkpoint(folder: Union[str, os.PathLike], config: Union[str, 
                 raise ValueError(f"{lin}: in_features {K} is not a multiple of group_size {group_size}")
 
     rng = np.random.default_rng(seed)
-    D, V, d = cfg.hidden_size, cfg.vocab_size, cfg.head_dim
+    D, V = cfg.hidden_size, cfg.vocab_size
     # pools no larger than what the checkpoint needs, so a tiny model is written in milliseconds
     n_lin = sum(N * K for i in range(cfg.num_layers) for N, K in _linear_shapes(spec, cfg, i).values())
     n_float = V * D * (1 if cfg.tie_word_embeddings else 2) + (0 if quantized else n_lin)
