@@ -3,7 +3,6 @@ a subclass), refusing duplicates and inconsistent rows, and MoE quantization rul
 float and compensated, unrouted experts still quantized)."""
 import json
 import shutil
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
