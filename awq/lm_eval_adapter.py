@@ -5,8 +5,8 @@ generate_until), registered as model "awq" when lm_eval is installed.
     import lm_eval
     results = lm_eval.simple_evaluate(model=AWQLM(model, tokenizer), tasks=["hellaswag"])
 
-or `lm_eval --model awq --model_args pretrained=<quantized folder>` (the tokenizer is read from the
-folder with `tokenizers`). Scoring follows the harness's reference HF model: the continuation's
+or, once this module is imported, `simple_evaluate(model="awq", model_args="pretrained=<folder>")` (the
+tokenizer is read from the folder with `tokenizers`). Scoring follows the harness's reference HF model: the continuation's
 tokens are those of encode(context + continuation) past encode(context); inputs longer than
 max_length keep their last tokens; an empty context is conditioned on the prefix token (BOS, else
 EOS). Rolling log-likelihoods use the harness's disjoint windows, so every token is scored once.
