@@ -233,3 +233,34 @@ def test_lm_eval_adapter_errors(models):
     lm = AWQLM(fp, CharTokenizer(), prefix_token_id=0)
     with pytest.raises(ValueError, match="no tokens"):
         lm.loglikelihood([_Req(("abc", ""))])
+
+
+def test_lm_eval_model_name_with_pretrained_folder(models, tmp_path, monkeypatch):
+    """simple_evaluate(model="awq", model_args="pretrained=<folder>") loads the folder and its
+    tokenizer.json and scores as the adapter built from objects does."""
+    lm_eval = pytest.importorskip("lm_eval")
+    tokenizers = pytest.importorskip("tokenizers")
+    import shutil
+
+    from lm_eval.tasks import TaskManager
+
+    from awq.lm_eval_adapter import AWQLM
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    folder, fp, _ = models
+    d = tmp_path / "with_tok"
+    shutil.copytree(folder, d)
+    # a character-level tokenizer.json whose ids are the bytes (the tiny model's vocabulary)
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel({chr(i): i for i in range(32, 127)}, unk_token="?"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Split(tokenizers.Regex("."), behavior="isolated")
+    tok.save(str(d / "tokenizer.json"))
+    rows = [{"q": "The cat sat on the", "choices": [" mat", " sky", " sea"], "a": 0},
+            {"q": "Water is", "choices": [" wet", " dry", " red"], "a": 2}]
+    _task(tmp_path, "awq_local_mc2", "output_type: multiple_choice\ndoc_to_text: '{{q}}'\n"
+          "doc_to_choice: '{{choices}}'\ndoc_to_target: '{{a}}'\nmetric_list:\n  - metric: acc\n", rows)
+    tm = TaskManager(include_path=str(tmp_path))
+    by_name = lm_eval.simple_evaluate(model="awq", model_args=f"pretrained={d},prefix_token_id=0,max_length=64",
+                                      tasks=["awq_local_mc2"], task_manager=tm, bootstrap_iters=0)
+    by_obj = lm_eval.simple_evaluate(model=AWQLM(fp, CharTokenizer(), max_length=64, prefix_token_id=0),
+                                     tasks=["awq_local_mc2"], task_manager=tm, bootstrap_iters=0)
+    assert by_name["results"]["awq_local_mc2"]["acc,none"] == by_obj["results"]["awq_local_mc2"]["acc,none"]
