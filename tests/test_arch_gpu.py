@@ -108,3 +108,17 @@ def test_gpu_row_gather_and_scatter_add():
         gpu.index_rows(t, [0, 4])
     with pytest.raises(ValueError, match="distinct"):
         gpu.index_add_rows_(t, [1, 1], gpu.from_numpy(np.zeros((2, 8), np.float32)))
+
+
+def test_gpu_quantizer_report(tmp_path):
+    """quantize(report=True) on the GPU backend records errors, scales and clips as on the CPU."""
+    from awq.report import write_report
+
+    d = ARCHS / "llama"
+    m = AutoAWQForCausalLM.from_pretrained(str(d), device_map="cuda")
+    m.quantize(None, quant_config={"q_group_size": 32}, calib_data=_calib(m.cfg.vocab_size), max_calib_seq_len=32,
+               report=True)
+    for r in m.reports:
+        assert 0 < r.errors["awq"] < 1 and 0 < r.errors["rtn"] < 1
+        assert r.clips and all(np.isfinite(v).all() for v in r.clip_ratios.values())
+    assert write_report(m, str(tmp_path / "r"))["json"]
