@@ -21,7 +21,8 @@ def main(argv=None):
     ap.add_argument("--model", default=None, help="float model folder (default: the built-in SmolLM2-135M)")
     ap.add_argument("--out", default="awq-report")
     ap.add_argument("--w-bit", type=int, default=4)
-    ap.add_argument("--group-size", type=int, default=128)
+    ap.add_argument("--group-size", type=int, default=None,
+                    help="q_group_size (default 128, or 64 when 128 does not divide the model's widths)")
     ap.add_argument("--calib-samples", type=int, default=64)
     ap.add_argument("--calib-seq-len", type=int, default=512)
     ap.add_argument("--report-blocks", type=int, default=16, help="calibration blocks the errors are measured on")
@@ -35,6 +36,9 @@ def main(argv=None):
         path = smollm2_135m()
         calib = lee_corpus()["calibration"]
     model = AutoAWQForCausalLM.from_pretrained(path, device_map=a.device)
+    if a.group_size is None:
+        widths = [K for plan in model.plans for (_, K) in plan.linears.values()]
+        a.group_size = 128 if all(K % 128 == 0 for K in widths) else 64
     tok = None
     if os.path.isfile(os.path.join(path, "tokenizer.json")):
         from tokenizers import Tokenizer
