@@ -98,7 +98,10 @@ def test_incremental_decode_matches_full_forward(name):
     """Prefill 4 tokens, then feed the rest one at a time through the KV cache: every architecture's
     positions (RoPE variants, ALiBi, learned tables), windows, MLA caches and MoE routing must give
     the logits of one full forward. Then greedy generate() follows the full forward's argmax."""
-    d = ARCHS / name
+    check_incremental(ARCHS / name)
+
+
+def check_incremental(d: Path):
     ids = np.load(d / "reference.npz")["input_ids"]
     model = AutoAWQForCausalLM.from_pretrained(str(d))
     rt = model.runtime()
