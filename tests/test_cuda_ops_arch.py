@@ -19,7 +19,8 @@ import pytest
 from awq import gpu
 from awq._backend import C
 from test_cuda_ops import FLOATS, U, decode, download, encode, poisoned
-from test_ops_arch import alibi_slopes, attention_ref
+from test_ops import attention_ref
+from test_ops_arch import alibi_slopes
 
 INFO = C.cuda_info()
 pytestmark = pytest.mark.skipif(not (INFO["built"] and INFO["devices"]),

@@ -155,12 +155,14 @@ def test_silu_mul_size_mismatch(rng):
 # ---------------------------------------------------------------- attention
 
 
-def attention_ref(q, k, v, scale, q_pos0, window=0, kv_len=None):
-    """float64 causal GQA with the contract of ops.h; rows that see no key give 0."""
+def attention_ref(q, k, v, scale, q_pos0, window=0, kv_len=None, alibi=None, softcap=0.0):
+    """float64 causal GQA in the models' own order: scores = q.k * scale; Gemma2 soft-capping
+    (s / cap, tanh, * cap); + ALiBi bias slope * (j - p); mask; softmax; @ v. v's last dim may differ
+    from q's. Rows that see no key give 0."""
     B, T, Hq, d = q.shape
-    S, Hkv = k.shape[1], k.shape[2]
+    S, Hkv, dv = k.shape[1], k.shape[2], v.shape[3]
     rep = Hq // Hkv
-    out = np.zeros(q.shape)
+    out = np.zeros((B, T, Hq, dv))
     pos = q_pos0 + np.arange(T)[:, None]
     j = np.arange(S)[None, :]
     for b in range(B):
@@ -173,6 +175,10 @@ def attention_ref(q, k, v, scale, q_pos0, window=0, kv_len=None):
             kk = k[b, :, h // rep].astype(np.float64)
             vv = v[b, :, h // rep].astype(np.float64)
             s = q[b, :, h].astype(np.float64) @ kk.T * scale
+            if softcap > 0:
+                s = np.tanh(s / softcap) * softcap
+            if alibi is not None:
+                s = s + float(alibi[h]) * (j - pos)
             s = np.where(mask, s, -np.inf)
             m = s.max(axis=1, keepdims=True)
             p = np.exp(s - np.where(np.isfinite(m), m, 0.0))

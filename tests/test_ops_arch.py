@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import awq._awq_C as C
+from test_ops import attention_ref
 
 CPU_ISA = C.cpu_info()["isa"]
 # Attention kernel families this CPU can run; the suite runs on each so none can drift.
@@ -252,39 +253,6 @@ def test_rope_interleaved_keyword_and_default(rng):
 
 
 # ---------------------------------------------------------------- attention: alibi, softcap, dv
-
-
-def attention_ref(q, k, v, scale, q_pos0, window=0, kv_len=None, alibi=None, softcap=0.0):
-    """float64 causal GQA in the models' own order: scores = q.k * scale; Gemma2 soft-capping
-    (s / cap, tanh, * cap); + ALiBi bias slope * (j - p); mask; softmax; @ v. v's last dim may differ
-    from q's. Rows that see no key give 0."""
-    B, T, Hq, d = q.shape
-    S, Hkv, dv = k.shape[1], k.shape[2], v.shape[3]
-    rep = Hq // Hkv
-    out = np.zeros((B, T, Hq, dv))
-    pos = q_pos0 + np.arange(T)[:, None]
-    j = np.arange(S)[None, :]
-    for b in range(B):
-        mask = j <= pos
-        if window > 0:
-            mask &= j > pos - window
-        if kv_len is not None:
-            mask &= j < kv_len[b]
-        for h in range(Hq):
-            kk = k[b, :, h // rep].astype(np.float64)
-            vv = v[b, :, h // rep].astype(np.float64)
-            s = q[b, :, h].astype(np.float64) @ kk.T * scale
-            if softcap > 0:
-                s = np.tanh(s / softcap) * softcap
-            if alibi is not None:
-                s = s + float(alibi[h]) * (j - pos)
-            s = np.where(mask, s, -np.inf)
-            m = s.max(axis=1, keepdims=True)
-            p = np.exp(s - np.where(np.isfinite(m), m, 0.0))
-            den = p.sum(axis=1, keepdims=True)
-            p = np.divide(p, den, out=np.zeros_like(p), where=den > 0)
-            out[b, :, h] = p @ vv
-    return out
 
 
 def alibi_slopes(n):
