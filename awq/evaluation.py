@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from typing import Callable, Dict, Iterable, List, Optional, Union
 
 import numpy as np
@@ -34,12 +35,19 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return z - (np.log(np.exp(z - m).sum(axis=-1, keepdims=True)) + m)
 
 
+ROWS = 256  # positions per float64 chunk: T x V float64 copies of a 150k vocabulary would take GBs
+
+
 def log_softmax_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """Per-position negative log-likelihood of `targets` [T] under `logits` [T, V] (float64 math)."""
-    z = logits.astype(np.float64)
-    m = z.max(axis=-1, keepdims=True)
-    lse = np.log(np.exp(z - m).sum(axis=-1)) + m[:, 0]
-    return lse - z[np.arange(len(targets)), targets]
+    """Per-position negative log-likelihood of `targets` [T] under `logits` [T, V] (float64 math,
+    in chunks of ROWS positions)."""
+    out = np.empty(len(targets))
+    for a in range(0, len(targets), ROWS):
+        z = logits[a:a + ROWS].astype(np.float64)
+        m = z.max(axis=-1, keepdims=True)
+        lse = np.log(np.exp(z - m).sum(axis=-1)) + m[:, 0]
+        out[a:a + ROWS] = lse - z[np.arange(len(z)), targets[a:a + ROWS]]
+    return out
 
 
 def load_eval_text(source: Union[str, Iterable, None] = "wikitext", verbose: bool = True) -> str:
@@ -53,12 +61,12 @@ def load_eval_text(source: Union[str, Iterable, None] = "wikitext", verbose: boo
 
                 ds = load_dataset("wikitext", "wikitext-2-raw-v1", split="test")
                 return "\n\n".join(ds["text"])
-            except Exception as e:  # no datasets, no network, no cache: the built-in held-out text
+            except (ImportError, OSError, ConnectionError, ValueError) as e:
+                # no datasets, no network, no cache: the built-in held-out text, said every time
                 from awq.zoo import lee_corpus
 
-                if verbose:
-                    print(f"awq: wikitext-2 is not reachable ({type(e).__name__}); evaluating on the built-in "
-                          "held-out text (Lee corpus, lee.cor) instead", file=sys.stderr, flush=True)
+                warnings.warn(f"wikitext-2 is not reachable ({type(e).__name__}: {e}); evaluating on the "
+                              "built-in held-out text (Lee corpus, lee.cor) instead", RuntimeWarning, stacklevel=3)
                 return "\n\n".join(lee_corpus()["heldout"])
         if os.path.isfile(source):
             with open(source, encoding="utf-8") as f:
@@ -138,12 +146,14 @@ def eval_kl_divergence(ref_model, model, tokenizer, text_or_dataset="wikitext", 
             raise ValueError(f"the models disagree on the vocabulary: logits {lr.shape} vs {lm.shape}")
         if hook is not None:
             hook(w, lr, lm)
-        pr, pm = log_softmax(lr[:-1]), log_softmax(lm[:-1])
-        kls.append((np.exp(pr) * (pr - pm)).sum(axis=-1))
-        agree += int((lr[:-1].argmax(-1) == lm[:-1].argmax(-1)).sum())
         t = w[1:]
-        nll_r -= float(pr[np.arange(len(t)), t].sum())
-        nll_m -= float(pm[np.arange(len(t)), t].sum())
+        for a in range(0, len(t), ROWS):  # float64 in chunks of positions
+            pr, pm = log_softmax(lr[a:min(a + ROWS, len(t))]), log_softmax(lm[a:min(a + ROWS, len(t))])
+            kls.append((np.exp(pr) * (pr - pm)).sum(axis=-1))
+            tt = t[a:a + ROWS]
+            nll_r -= float(pr[np.arange(len(tt)), tt].sum())
+            nll_m -= float(pm[np.arange(len(tt)), tt].sum())
+        agree += int((lr[:-1].argmax(-1) == lm[:-1].argmax(-1)).sum())
         npos += len(t)
     kl = np.concatenate(kls)
     return {"kl_mean": float(kl.mean()), "kl_median": float(np.median(kl)), "kl_p95": float(np.percentile(kl, 95)),

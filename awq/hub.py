@@ -310,8 +310,24 @@ def _checkpoint_error(model, folder: str) -> Optional[str]:
     if diff:
         return "its quantization settings differ from the model's: " + \
             ", ".join(f"{k} saved {a!r}, model {b!r}" for k, (a, b) in diff.items())
-    if not any(n.endswith(".safetensors") for n in os.listdir(folder)):
-        return "it holds no .safetensors file"
+    version = str(saved.get("version", "gemm")).lower()
+    if version != "gemm":
+        return f"it holds the AWQ {version!r} layout; awq publishes the GEMM layout (save_quantized writes it)"
+    from awq.models.config import text_config
+
+    mine, theirs = text_config(model.config), text_config(config)
+    shape_keys = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                  "num_key_value_heads", "vocab_size")
+    diff = {k: (theirs.get(k), mine.get(k)) for k in shape_keys if theirs.get(k) != mine.get(k)}
+    if diff:
+        return "its config describes another model: " + \
+            ", ".join(f"{k} saved {a!r}, model {b!r}" for k, (a, b) in diff.items())
+    try:
+        from awq.io.checkpoint import open_checkpoint
+
+        open_checkpoint(folder).close()  # every shard of the index present and readable
+    except (OSError, ValueError) as e:
+        return f"its tensors cannot be opened ({e})"
     return None
 
 

@@ -98,8 +98,12 @@ def write_report(model, out_dir: str, png: bool = True) -> Dict[str, Optional[st
     os.makedirs(out_dir, exist_ok=True)
     jp = os.path.join(out_dir, "report.json")
     tmp = jp + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(rep, f, indent=1, allow_nan=False)
-    os.replace(tmp, jp)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(rep, f, indent=1, allow_nan=False)
+        os.replace(tmp, jp)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
     pp = _plot(rep, os.path.join(out_dir, "report.png")) if png else None
     return {"json": jp, "png": pp}

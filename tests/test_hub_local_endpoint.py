@@ -556,3 +556,29 @@ def test_local_endpoint_card_base_model_and_license(quantized, monkeypatch):
     monkeypatch.setitem(quantized.config, "_name_or_path",
                         "/root/.cache/huggingface/hub/models--Qwen--Qwen2-0.5B/snapshots/abc123")
     assert _front_matter(model_card(quantized))["base_model"] == "Qwen/Qwen2-0.5B"
+
+
+def test_local_endpoint_not_needed_save_dir_checks_version_and_shapes(quantized, tmp_path):
+    """save_dir must hold this model's GEMM checkpoint: another layout or another model's shapes
+    are refused before anything is sent (no endpoint is contacted)."""
+    import json as _json
+    import shutil as _shutil
+
+    from awq.hub import _checkpoint_error
+
+    model = quantized
+    good = tmp_path / "good"
+    model.save_quantized(str(good))
+    assert _checkpoint_error(model, str(good)) is None
+    for name, edit in (("gemv", lambda c: c["quantization_config"].update(version="gemv")),
+                       ("wider", lambda c: c.update(hidden_size=2 * c["hidden_size"]))):
+        d = tmp_path / name
+        _shutil.copytree(good, d)
+        cfg = _json.loads((d / "config.json").read_text())
+        edit(cfg)
+        (d / "config.json").write_text(_json.dumps(cfg))
+        assert _checkpoint_error(model, str(d)), name
+    d = tmp_path / "noweights"
+    _shutil.copytree(good, d)
+    (d / "model.safetensors").unlink()
+    assert "cannot be opened" in _checkpoint_error(model, str(d))

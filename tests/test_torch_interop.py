@@ -265,3 +265,17 @@ def test_from_linear_refuses_non_finite_codes():
     s[1, 3] = 0.0
     with pytest.raises(FloatingPointError, match="non-finite codes"):
         WQLinear_GEMM.from_linear(lin, 4, 32, scales=s, zeros=torch.full((2, 16), 8.0))
+
+
+@pytest.mark.skipif(not CUDA_OK, reason="needs a CUDA device visible to torch and awq built with CUDA")
+def test_forward_cuda_layer_made_under_inference_mode():
+    """Inference tensors have no version counter: a layer built / moved under torch.inference_mode()
+    still runs (and gives the layer's normal output)."""
+    layer, _, _, W, b = make_layer(128, 40, 64, seed=5)
+    x = torch.randn(3, 128).half()
+    want = layer.cuda().eval()(x.cuda()).cpu()
+    with torch.inference_mode():
+        layer2, _, _, _, _ = make_layer(128, 40, 64, seed=5)
+        layer2 = layer2.cuda().eval()
+        got = layer2(x.cuda()).cpu()
+    assert torch.equal(got, want)

@@ -178,7 +178,8 @@ if HAS_TORCH:
             """The CUDA kernels' layout of qweight on its device, made once; remade when qweight is
             replaced or written in place (load_state_dict)."""
             qw = self.qweight
-            key = (qw.device, qw.data_ptr(), qw._version)
+            # inference-mode tensors have no version counter (and cannot be written in place later)
+            key = (qw.device, qw.data_ptr(), None if torch.is_inference(qw) else qw._version)
             if self._repacked is None or self._repacked[0] != key:
                 K, N = self.in_features, self.out_features
                 out = torch.empty(C.cuda_w4a16_repack_nbytes(K, N), dtype=torch.uint8, device=qw.device)
