@@ -12,7 +12,6 @@ the built-in held-out text (the Lee corpus's lee.cor articles, awq.zoo).
 from __future__ import annotations
 
 import os
-import sys
 import warnings
 from typing import Callable, Dict, Iterable, List, Optional, Union
 
