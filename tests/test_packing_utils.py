@@ -104,3 +104,16 @@ def test_wqlinear_without_torch_raises_importerror():
     env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0, r.stderr + r.stdout
+
+
+def test_unpack_without_zeros_gives_none():
+    """A symmetric layer has no qzeros: unpack_awq / reverse_awq_order pass None through (AutoAWQ)."""
+    from awq._backend import C
+    from awq.utils.packing_utils import reverse_awq_order, unpack_awq
+
+    codes = (np.arange(16 * 24) % 16).reshape(16, 24).astype(np.uint8)
+    qw = C.pack_gemm(codes)
+    iw, iz = unpack_awq(qw, None, 4)
+    assert iz is None
+    iw, iz = reverse_awq_order(iw, None, 4)
+    assert iz is None and np.array_equal(iw, codes.astype(np.int8))

@@ -73,14 +73,15 @@ def _packed_order(codes: np.ndarray) -> np.ndarray:
 def unpack_awq(qweight, qzeros, bits: int):
     """(qweight [K, N/8], qzeros [G, N/8]) -> (iweights [K, N], izeros [G, N]) int8 codes in packed
     (nibble) order: column 8j + i is nibble i of word j. `reverse_awq_order` then gives the logical
-    column order. Codes are already masked to 0..15 (see the module docstring)."""
+    column order. Codes are already masked to 0..15 (see the module docstring). qzeros None (a
+    symmetric layer) gives izeros None, as AutoAWQ's does."""
     _check_bits(bits)
-    torch = _torch_in(qweight, qzeros)
+    torch = _torch_in(qweight) if qzeros is None else _torch_in(qweight, qzeros)
     w = _packed_order(_codes_gemm(_numpy(qweight, "qweight"), "qweight")).astype(np.int8)
-    z = _packed_order(_codes_gemm(_numpy(qzeros, "qzeros"), "qzeros")).astype(np.int8)
+    z = None if qzeros is None else _packed_order(_codes_gemm(_numpy(qzeros, "qzeros"), "qzeros")).astype(np.int8)
     if torch is None:
         return w, z
-    return torch.from_numpy(w).to(qweight.device), torch.from_numpy(z).to(qzeros.device)
+    return torch.from_numpy(w).to(qweight.device), None if z is None else torch.from_numpy(z).to(qzeros.device)
 
 
 def reverse_awq_order(iweights, izeros, bits: int):
@@ -89,6 +90,9 @@ def reverse_awq_order(iweights, izeros, bits: int):
     _check_bits(bits)
     out = []
     for x, what in ((iweights, "iweights"), (izeros, "izeros")):
+        if x is None:  # symmetric layer: no zeros
+            out.append(None)
+            continue
         n = x.shape[-1]
         if n % 8:
             raise ValueError(f"{what}: {n} columns is not a multiple of 8")
