@@ -20,13 +20,6 @@ needs_gpu = pytest.mark.skipif(not HAS_GPU, reason=f"no usable CUDA device: {INF
 
 
 @pytest.fixture
-def rng():
-    seed = np.random.SeedSequence().entropy
-    print(f"seed = {seed}")
-    return np.random.default_rng(seed)
-
-
-@pytest.fixture
 def torch_cuda():
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():

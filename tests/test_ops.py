@@ -15,13 +15,6 @@ ISAS = ["generic"] + (["avx2"] if CPU_ISA in ("avx2", "avx512") else []) + (
     ["avx512"] if CPU_ISA == "avx512" else [])
 
 
-@pytest.fixture
-def rng():
-    seed = np.random.SeedSequence().entropy
-    print(f"seed = {seed}")
-    return np.random.default_rng(seed)
-
-
 def randn(rng, *shape, scale=1.0):
     return (rng.standard_normal(shape) * scale).astype(np.float32)
 

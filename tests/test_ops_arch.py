@@ -27,13 +27,6 @@ ISAS = ["generic"] + (["avx2"] if CPU_ISA in ("avx2", "avx512") else []) + (
 ACT_KINDS = ["silu", "gelu", "gelu_tanh", "relu"]
 
 
-@pytest.fixture
-def rng():
-    seed = np.random.SeedSequence().entropy
-    print(f"seed = {seed}")
-    return np.random.default_rng(seed)
-
-
 def randn(rng, *shape, scale=1.0):
     return (rng.standard_normal(shape) * scale).astype(np.float32)
 

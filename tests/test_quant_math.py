@@ -18,13 +18,6 @@ BITS = [2, 3, 4, 8]
 R_ORDER = [0, 4, 1, 5, 2, 6, 3, 7]  # column c of a word is nibble R_ORDER[c]
 
 
-@pytest.fixture
-def rng():
-    seed = np.random.SeedSequence().entropy
-    print(f"seed = {seed}")
-    return np.random.default_rng(seed)
-
-
 def make_weights(rng, N, K, g):
     """Random weights with an all-zero group (row 1, group 0) and a one-outlier group (row 2)."""
     w = (rng.standard_normal((N, K)) * 0.05).astype(np.float32)
