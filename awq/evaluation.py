@@ -42,10 +42,8 @@ def log_softmax_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
     in chunks of ROWS positions)."""
     out = np.empty(len(targets))
     for a in range(0, len(targets), ROWS):
-        z = logits[a:a + ROWS].astype(np.float64)
-        m = z.max(axis=-1, keepdims=True)
-        lse = np.log(np.exp(z - m).sum(axis=-1)) + m[:, 0]
-        out[a:a + ROWS] = lse - z[np.arange(len(z)), targets[a:a + ROWS]]
+        lp = log_softmax(logits[a:a + ROWS])
+        out[a:a + ROWS] = -lp[np.arange(len(lp)), targets[a:a + ROWS]]
     return out
 
 

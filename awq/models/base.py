@@ -221,18 +221,22 @@ class BaseAWQForCausalLM:
         ck = self.ckpt
         return ck.get(name) if ck.dtype(name) == "F16" else ck.get_float32(name)
 
+    def _linear_weight(self, i: int, lin: str, shape) -> str:
+        """The checkpoint name of layer i's linear `lin` weight, checked present with `shape`."""
+        name = self._name(i, lin + ".weight")
+        if name not in self.ckpt:
+            raise ValueError(f"{self.model_path}: missing tensor {name}")
+        if tuple(self.ckpt.shape(name)) != shape:
+            raise ValueError(f"{name}: shape {tuple(self.ckpt.shape(name))}, expected {shape} from config.json")
+        return name
+
     def load_layer_f32(self, i: int) -> Dict[str, np.ndarray]:
         """Layer i's float tensors as fp32 copies: '<linear>.weight', '<linear>.bias', '<norm>.weight',
         '<norm>.bias' (LayerNorm), and the router correction bias (DeepSeek-V3)."""
         ck = self.ckpt
         out = {}
         for lin, shape in self.plans[i].linears.items():
-            name = self._name(i, lin + ".weight")
-            if name not in ck:
-                raise ValueError(f"{self.model_path}: missing tensor {name}")
-            if tuple(ck.shape(name)) != shape:
-                raise ValueError(f"{name}: shape {tuple(ck.shape(name))}, expected {shape} from config.json")
-            out[lin + ".weight"] = ck.get_float32(name)
+            out[lin + ".weight"] = ck.get_float32(self._linear_weight(i, lin, shape))
             bname = self._name(i, lin + ".bias")
             if bname in ck:
                 out[lin + ".bias"] = ck.get_float32(bname)
@@ -249,11 +253,7 @@ class BaseAWQForCausalLM:
         ck = self.ckpt
         W, converted = {}, False
         for lin, shape in self.plans[i].linears.items():
-            wname, bname = self._name(i, lin + ".weight"), self._name(i, lin + ".bias")
-            if wname not in ck:
-                raise ValueError(f"{self.model_path}: missing tensor {wname}")
-            if tuple(ck.shape(wname)) != shape:
-                raise ValueError(f"{wname}: shape {tuple(ck.shape(wname))}, expected {shape} from config.json")
+            wname, bname = self._linear_weight(i, lin, shape), self._name(i, lin + ".bias")
             if ck.dtype(wname) == "F16":
                 w = ck.get(wname)
             else:

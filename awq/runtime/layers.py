@@ -176,10 +176,6 @@ def norm(spec, cfg, W: Dict, name: str, x2, ops=CPU_OPS):
     return ops.rmsnorm(x2, W[name], cfg.rms_norm_eps, 1.0 if spec.norm_kind == "rms_unit" else 0.0)
 
 
-def _rms(x2, w, eps: float, norm_kind: str, ops=CPU_OPS):
-    return ops.rmsnorm(x2, w, eps, 1.0 if norm_kind == "rms_unit" else 0.0)
-
-
 def _cap(capture, plan, name: str, a):
     if capture is not None:
         capture.setdefault(plan.feat_key[name], a)
