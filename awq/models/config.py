@@ -305,20 +305,25 @@ class ModelConfig:
         return self.head_dim ** -0.5
 
     # ---- rotary tables ------------------------------------------------------------------
-    def inv_freq(self, local: bool = False, seq_len: int = 0) -> np.ndarray:
-        """Rotary inverse frequencies [rot/2] (float64), with rope scaling applied. local: the
-        sliding layers of a model with their own base (Gemma3's rope_local_base_freq, unscaled)."""
+    def _freqs(self, local: bool = False, seq_len: int = 0):
+        """(rotary inverse frequencies [rot/2] float64 with rope scaling applied, attention factor
+        multiplying cos and sin). local: the sliding layers of a model with their own base (Gemma3's
+        rope_local_base_freq, unscaled). seq_len: the call's longest position + 1 (longrope, dynamic)."""
         with np.errstate(over="ignore", divide="ignore", invalid="ignore", under="ignore"):
             if local and self.rope_local_theta:
                 rot = self.rotary_dim
-                inv = 1.0 / (self.rope_local_theta ** (np.arange(0, rot, 2, dtype=np.float64) / rot))
+                inv, att = 1.0 / (self.rope_local_theta ** (np.arange(0, rot, 2, dtype=np.float64) / rot)), 1.0
             else:
-                inv = self._scaled_inv_freq(seq_len)[0]
+                inv, att = self._scaled_inv_freq(seq_len)
         # extreme (finite) theta or scaling factors overflow to Inf / NaN angles
         if not np.all(np.isfinite(inv)):
             raise ConfigError(f"config.json: rope_theta {self.rope_theta} with rope_scaling "
                               f"{self.rope_scaling!r} gives non-finite RoPE frequencies")
-        return inv
+        return inv, att
+
+    def inv_freq(self, local: bool = False, seq_len: int = 0) -> np.ndarray:
+        """Rotary inverse frequencies [rot/2] (float64), with rope scaling applied (see _freqs)."""
+        return self._freqs(local, seq_len)[0]
 
     def _yarn(self, sc: dict, inv_base: np.ndarray):
         rot = self.rotary_dim
@@ -417,14 +422,12 @@ class ModelConfig:
                           f"(supported: default, linear, dynamic, llama3, yarn, longrope)")
 
     def rope_attention_factor(self, local: bool = False) -> float:
-        if local and self.rope_local_theta:
-            return 1.0
-        return self._scaled_inv_freq()[1]
+        return self._freqs(local)[1]
 
     def rope_tables(self, positions: np.ndarray, local: bool = False):
         """cos, sin float32 [len(positions), rot/2] for absolute positions."""
         pos = np.asarray(positions, dtype=np.float64)
         n = int(pos.max()) + 1 if pos.size else 0
-        ang = pos[:, None] * self.inv_freq(local, n)[None, :]
-        f = self.rope_attention_factor(local)
+        inv, f = self._freqs(local, n)
+        ang = pos[:, None] * inv[None, :]
         return (np.cos(ang) * f).astype(np.float32), (np.sin(ang) * f).astype(np.float32)
