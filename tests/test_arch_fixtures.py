@@ -41,15 +41,19 @@ def test_every_model_type_has_a_fixture():
 
 @pytest.mark.parametrize("name", _folders())
 def test_fixture_folder_is_complete_and_small(name):
-    d = ARCHS / name
-    for f in ("config.json", "model.safetensors", "reference.npz", "meta.json"):
-        assert (d / f).is_file(), f"{name}: {f} missing"
-    size = sum(p.stat().st_size for p in d.rglob("*") if p.is_file())
-    assert size < MAX_FOLDER_BYTES, f"{name}: {size} bytes >= {MAX_FOLDER_BYTES}"
-    cfg = json.loads((d / "config.json").read_text())
-    meta = json.loads((d / "meta.json").read_text())
+    cfg, meta = check_folder(ARCHS / name, MAX_FOLDER_BYTES)
     assert cfg["model_type"] == name == meta["model_type"]
+
+
+def check_folder(d: Path, max_bytes: int):
+    """A fixture folder has its four files, fp16 weights, and stays under max_bytes: (config, meta)."""
+    for f in ("config.json", "model.safetensors", "reference.npz", "meta.json"):
+        assert (d / f).is_file(), f"{d.name}: {f} missing"
+    size = sum(p.stat().st_size for p in d.rglob("*") if p.is_file())
+    assert size < max_bytes, f"{d.name}: {size} bytes >= {max_bytes}"
+    cfg = json.loads((d / "config.json").read_text())
     assert cfg.get("torch_dtype") == "float16"
+    return cfg, json.loads((d / "meta.json").read_text())
 
 
 @pytest.mark.parametrize("name", _folders())

@@ -13,11 +13,10 @@ For each folder:
 - quantize -> save_quantized -> from_quantized: the loaded model gives the in-memory quantized
   model's logits, and the saved checkpoint has the Hub's names (as tests/test_arch_quantize.py).
 """
-import json
 from pathlib import Path
 
 import pytest
-from test_arch_fixtures import check_logits
+from test_arch_fixtures import check_folder, check_logits
 from test_arch_quantize import check_incremental, check_quantize_round_trip
 
 VARIANTS = Path(__file__).resolve().parent / "fixtures" / "arch_variants"
@@ -41,17 +40,10 @@ def test_every_variant_has_a_fixture():
 
 @pytest.mark.parametrize("name", FOLDERS)
 def test_variant_folder_is_complete_and_small(name):
-    d = VARIANTS / name
-    for f in ("config.json", "model.safetensors", "reference.npz", "meta.json"):
-        assert (d / f).is_file(), f"{name}: {f} missing"
-    size = sum(p.stat().st_size for p in d.rglob("*") if p.is_file())
-    assert size < MAX_FOLDER_BYTES, f"{name}: {size} bytes >= {MAX_FOLDER_BYTES}"
-    cfg = json.loads((d / "config.json").read_text())
-    meta = json.loads((d / "meta.json").read_text())
+    cfg, meta = check_folder(VARIANTS / name, MAX_FOLDER_BYTES)
     assert meta["variant"] == name
     assert cfg["model_type"] == meta["variant_of"] == meta["model_type"]
     assert meta["what"]
-    assert cfg.get("torch_dtype") == "float16"
     # a contrasting config (rope_scaling null, greedy routing, ...) moved the logits by > 1e-3:
     # the variant's setting acts on this input, well above the 1e-4 tolerance below
     for label, rel in meta.get("contrast_rel_l2", {}).items():
